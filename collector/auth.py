@@ -1,0 +1,123 @@
+"""Register, log in, log out, and the account page with API tokens. Thin views over accounts."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask_login import current_user, login_required, login_user, logout_user
+from flask_wtf import FlaskForm
+from sqlalchemy import select
+from wtforms import BooleanField, EmailField, PasswordField, StringField
+from wtforms.validators import DataRequired, Email, Length
+
+from . import accounts, services
+from .models import ApiToken
+
+bp = Blueprint("auth", __name__)
+
+
+class RegisterForm(FlaskForm):
+    name = StringField("Your name", validators=[DataRequired(), Length(max=120)])
+    email = EmailField("Email", validators=[DataRequired(), Length(max=254)])
+    password = PasswordField("Password", validators=[DataRequired(), Length(min=accounts.MIN_PASSWORD, max=1024)])
+    consent = BooleanField("I agree", validators=[DataRequired("You must agree to the licence to take part.")])
+
+
+class LoginForm(FlaskForm):
+    email = EmailField("Email", validators=[DataRequired(), Length(max=254)])
+    password = PasswordField("Password", validators=[DataRequired(), Length(max=1024)])
+
+
+class EmptyForm(FlaskForm):
+    """A form with only the CSRF token, for buttons that change something."""
+
+
+def _safe_next(target: str | None) -> str:
+    if target:
+        parts = urlsplit(target)
+        if not parts.scheme and not parts.netloc and target.startswith("/") and not target.startswith("//"):
+            return target
+    return url_for("pages.upload")
+
+
+@bp.route("/register", methods=["GET", "POST"])
+def register():
+    if current_user.is_authenticated:
+        return redirect(url_for("pages.upload"))
+    form = RegisterForm()
+    if form.validate_on_submit():
+        svc = services()
+        try:
+            user = accounts.create_user(svc.db, form.email.data, form.name.data, form.password.data, svc.settings["LICENCE"])
+        except accounts.AccountError as exc:
+            getattr(form, exc.field or "email").errors.append(str(exc))
+        else:
+            login_user(user)
+            flash(f"Welcome, {user.name}! Upload your photos below.", "success")
+            return redirect(url_for("pages.upload"))
+    status = 400 if form.is_submitted() else 200
+    return render_template("register.html", form=form), status
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login():
+    if current_user.is_authenticated:
+        return redirect(url_for("pages.upload"))
+    form = LoginForm()
+    status = 200
+    if form.validate_on_submit():
+        svc = services()
+        try:
+            user = accounts.authenticate(
+                svc.db, form.email.data, form.password.data, request.remote_addr, svc.settings["LOGIN_MAX_FAILURES"]
+            )
+        except accounts.RateLimited:
+            form.password.errors.append("Too many failed log-ins. Wait 15 minutes, then try again.")
+            status = 429
+        else:
+            if user is not None:
+                login_user(user, remember=True)
+                return redirect(_safe_next(request.args.get("next")))
+            form.password.errors.append("Wrong email or password.")
+            status = 401
+    elif form.is_submitted():
+        status = 400
+    return render_template("login.html", form=form), status
+
+
+@bp.route("/logout", methods=["POST"])
+def logout():
+    logout_user()
+    flash("You are logged out.", "info")
+    return redirect(url_for("pages.index"))
+
+
+def _render_account(new_token: str | None = None):
+    tokens = services().db.session.scalars(
+        select(ApiToken).where(ApiToken.user_id == current_user.id).order_by(ApiToken.id.desc())
+    ).all()
+    return render_template("account.html", tokens=tokens, form=EmptyForm(), new_token=new_token)
+
+
+@bp.route("/account")
+@login_required
+def account():
+    return _render_account()
+
+
+@bp.route("/account/tokens", methods=["POST"])
+@login_required
+def create_token():
+    new = accounts.create_token(services().db, current_user.id)
+    # Shown once, on this response only: the database keeps a hash.
+    return _render_account(new.token), 201
+
+
+@bp.route("/account/tokens/<int:token_id>/revoke", methods=["POST"])
+@login_required
+def revoke_token(token_id: int):
+    if not accounts.revoke_token(services().db, current_user.id, token_id):
+        abort(404)
+    flash("Token revoked.", "info")
+    return redirect(url_for("auth.account"))

@@ -1,0 +1,114 @@
+"""Command line: ``flask --app app users ...``, ``import``, ``db upgrade``. Thin click wrappers."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+from flask import Flask
+from flask.cli import AppGroup
+
+from . import accounts, services
+
+users = AppGroup("users", help="Manage accounts.")
+db_group = AppGroup("db", help="Database schema.")
+
+
+@users.command("create")
+@click.argument("email")
+@click.option("--name", required=True, help="The person's name.")
+@click.option("--organiser", is_flag=True, help="Make an organiser (dashboard, review, door check-in).")
+@click.option("--password-stdin", is_flag=True, help="Read the password from the first line of standard input.")
+def create_user(email: str, name: str, organiser: bool, password_stdin: bool) -> None:
+    """Create an account. Without --password-stdin, asks for the password twice."""
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    svc = services()
+    try:
+        user = accounts.create_user(svc.db, email, name, password, svc.settings["LICENCE"], organiser=organiser)
+    except accounts.AccountError as exc:
+        raise click.ClickException(str(exc)) from None
+    role = "organiser" if user.is_organiser else "attendee"
+    click.echo(f"created {role} {user.email} (id {user.id})", err=True)
+
+
+@users.command("token")
+@click.argument("email")
+def create_token(email: str) -> None:
+    """Print a new API token for EMAIL as the only line on standard output."""
+    svc = services()
+    user = accounts.user_by_email(svc.db.session, email)
+    if user is None:
+        raise click.ClickException(f"no account with email {email}")
+    click.echo(accounts.create_token(svc.db, user.id).token)
+
+
+def _files(paths: tuple[str, ...]):
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            for child in sorted(path.rglob("*")):
+                rel = child.relative_to(path).parts
+                if child.is_file() and not any(part.startswith(".") for part in rel):
+                    yield child
+        else:
+            yield path
+
+
+@click.command("import")
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--as", "as_email", required=True, metavar="EMAIL", help="The contributor who gets the credit.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per file per line on stdout.")
+def import_photos(paths: tuple[str, ...], as_email: str, as_json: bool) -> None:
+    """Run every file (folders recursively) through the same intake as an upload."""
+    svc = services()
+    user = accounts.user_by_email(svc.db.session, as_email)
+    if user is None:
+        raise click.ClickException(f"no account with email {as_email}")
+    counts: dict[str, int] = {}
+    unreadable = 0
+    for path in _files(paths):
+        try:
+            with open(path, "rb") as fh:
+                verdict = svc.intake.submit(user.id, fh, path.name)
+        except OSError as exc:
+            unreadable += 1
+            record = {"file": str(path), "status": "error", "code": "unreadable", "message": exc.strerror or str(exc),
+                      "photo_id": None, "sha256": None, "metadata": None}
+        else:
+            record = {
+                "file": str(path),
+                "status": verdict.status,
+                "code": verdict.code,
+                "message": verdict.message,
+                "photo_id": verdict.photo_id,
+                "sha256": verdict.sha256,
+                "metadata": verdict.metadata,
+            }
+        counts[record["status"]] = counts.get(record["status"], 0) + 1
+        if as_json:
+            click.echo(json.dumps(record))
+        else:
+            click.echo(f"{record['status']:<17} {record['code'] or '':<18} {path}")
+    progress = svc.intake.progress(user.id)
+    summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no files"
+    click.echo(f"{summary}; {user.email} now has {progress.accepted}/{progress.quota} accepted", err=True)
+    if unreadable:
+        sys.exit(1)
+
+
+@db_group.command("upgrade")
+def upgrade() -> None:
+    """Apply database migrations (create_app already does this at start-up)."""
+    services().db.migrate()
+    click.echo("database is at the newest revision", err=True)
+
+
+def init_app(app: Flask) -> None:
+    app.cli.add_command(users)
+    app.cli.add_command(import_photos)
+    app.cli.add_command(db_group)

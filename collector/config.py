@@ -1,0 +1,124 @@
+"""Settings as data: one table read from ``COLLECTOR_*`` environment variables.
+
+Each setting is declared once, with its default and help text; the README's settings table is
+checked against this list by ``tests/test_docs.py``. Nothing is read at import time:
+``load_settings`` is called by ``create_app``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+PREFIX = "COLLECTOR_"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _bool(value: str) -> bool:
+    v = value.strip().lower()
+    if v in {"1", "true", "yes", "on"}:
+        return True
+    if v in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def _date(value: str) -> dt.date | None:
+    return dt.date.fromisoformat(value.strip()) if value.strip() else None
+
+
+def _positive_int(value: str) -> int:
+    n = int(value)
+    if n <= 0:
+        raise ValueError(f"expected a positive whole number, got {value!r}")
+    return n
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str  # without the prefix
+    default: Any
+    help: str
+    parse: Callable[[str], Any] = str
+
+    @property
+    def env(self) -> str:
+        return PREFIX + self.name
+
+
+SETTINGS: list[Setting] = [
+    Setting("DATA_DIR", None, "Data root for the embedded defaults (database, photos, secret key). Default: `storage/` in the project folder."),
+    Setting("DATABASE_URL", None, "Any SQLAlchemy URL, e.g. `postgresql+psycopg://user@host/db`. Default: the SQLite file `storage/collector.sqlite3`."),
+    Setting("STORAGE_URL", None, "Where photo bytes go: a folder path, or `s3://BUCKET/PREFIX`. Default: the folder `storage/photos`."),
+    Setting("S3_ENDPOINT_URL", None, "Endpoint of an S3-compatible server (MinIO, Ceph, moto...). Default: AWS. Credentials and region come from boto3's usual chain."),
+    Setting("SECRET_KEY", None, "Session and token signing key. Default: generated once and kept in `storage/secret_key` with mode 0600."),
+    Setting("QUOTA", 25, "Accepted photos that pay the meetup fee.", _positive_int),
+    Setting("MAX_PHOTOS", 100, "Cap of accepted photos per contributor (`quota_cap` beyond it).", _positive_int),
+    Setting("MAX_UPLOAD_MB", 25, "Largest file accepted, in MiB (`too_large` beyond it).", _positive_int),
+    Setting("MIN_SIDE", 480, "Shorter side in pixels, after orientation (`too_small` below it).", _positive_int),
+    Setting("MAX_PIXELS", 120_000_000, "Decompression-bomb guard: most pixels an image may declare (`too_many_pixels`).", _positive_int),
+    Setting("CAPTURED_AFTER", None, "ISO date; photos whose EXIF capture date is older are refused (`metadata_policy`).", _date),
+    Setting("REQUIRE_EXIF", False, "Refuse photos without an EXIF capture date (`metadata_policy`).", _bool),
+    Setting("NEAR_DUPLICATE_DISTANCE", 31, "Largest PDQ Hamming distance (of 256 bits) that counts as the same picture; at most 31 (the index is built for it).", int),
+    Setting("LICENCE", "CC BY 4.0", "Licence contributors agree to for the dataset."),
+    Setting("LICENCE_URL", "https://creativecommons.org/licenses/by/4.0/", "Link to the licence text shown at registration."),
+    Setting("COOKIE_SECURE", False, "Send session cookies only over HTTPS. Turn on when served behind TLS.", _bool),
+    Setting("LOGIN_MAX_FAILURES", 10, "Failed log-ins per email or address within 15 minutes before log-in is refused for a while.", _positive_int),
+]
+
+
+def load_settings(environ: dict[str, str] | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Defaults, then environment, then explicit overrides (tests). Returns plain keys (no prefix)."""
+    environ = os.environ if environ is None else environ
+    overrides = overrides or {}
+    values: dict[str, Any] = {}
+    for s in SETTINGS:
+        if s.name in overrides:
+            values[s.name] = overrides[s.name]
+            continue
+        raw = environ.get(s.env)
+        if raw is None or raw == "":
+            values[s.name] = s.default
+        else:
+            try:
+                values[s.name] = s.parse(raw)
+            except ValueError as exc:
+                raise SystemExit(f"{s.env}: {exc}") from None
+    unknown = set(overrides) - {s.name for s in SETTINGS}
+    if unknown:
+        raise KeyError(f"unknown settings: {sorted(unknown)}")
+
+    data_dir = Path(values["DATA_DIR"] or PROJECT_ROOT / "storage")
+    values["DATA_DIR"] = data_dir
+    if not values["DATABASE_URL"]:
+        values["DATABASE_URL"] = f"sqlite:///{data_dir / 'collector.sqlite3'}"
+    if not values["STORAGE_URL"]:
+        values["STORAGE_URL"] = str(data_dir / "photos")
+    if not values["SECRET_KEY"]:
+        values["SECRET_KEY"] = _stored_secret(data_dir / "secret_key")
+    if not 0 <= values["NEAR_DUPLICATE_DISTANCE"] <= 31:
+        raise SystemExit(f"{PREFIX}NEAR_DUPLICATE_DISTANCE must be between 0 and 31")
+    return values
+
+
+def _stored_secret(path: Path) -> str:
+    """Generate the key once, with mode 0600, and reuse it; safe when several workers start at once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        for _ in range(50):  # another process may be between create and write
+            key = path.read_text().strip()
+            if key:
+                return key
+            time.sleep(0.02)
+        raise SystemExit(f"{path} is empty: delete it or set {PREFIX}SECRET_KEY")
+    with os.fdopen(fd, "w") as fh:
+        key = secrets.token_hex(32)
+        fh.write(key + "\n")
+    return key

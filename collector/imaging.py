@@ -1,0 +1,223 @@
+"""Pixels: identify the format from the bytes, decode once at reduced scale, hash, thumbnail.
+
+Every function here treats the file as hostile. ``decode`` is the single decode of an upload:
+it proves the stream is intact, yields a small oriented RGB image for the perceptual hash, the
+quality figures and the thumbnail, and never decodes the full-resolution pixels of a JPEG.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pdqhash
+from PIL import Image, ImageFile
+from PIL import UnidentifiedImageError
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is `corrupt`, never silently padded
+
+ALLOWED = ("JPEG", "PNG", "WEBP", "HEIF")
+EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "HEIF": "heic"}
+MIME_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "HEIF": "image/heic"}
+_PILLOW_FORMATS = {"JPEG": ["JPEG", "MPO"], "PNG": ["PNG"], "WEBP": ["WEBP"], "HEIF": ["HEIF"]}
+_HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1", b"mif2"}
+_AVIF_BRANDS = {b"avif", b"avis"}
+SMALL_SIDE = 320  # the reduced decode is at least this big on its shorter side, where possible
+HASH_SIDE = 512
+THUMB_SIDE = 320
+
+_heif_registered = False
+
+
+def _register_heif() -> None:
+    global _heif_registered
+    if not _heif_registered:
+        import pillow_heif
+
+        pillow_heif.register_heif_opener(thumbnails=False)
+        _heif_registered = True
+
+
+def sniff(head: bytes) -> tuple[str | None, str | None]:
+    """(allowed format, other image format) from the first bytes; (None, None) if not an image."""
+    if head.startswith(b"\xff\xd8\xff"):
+        return "JPEG", None
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG", None
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP", None
+    if head[4:8] == b"ftyp":
+        size = struct.unpack(">I", head[:4])[0]
+        brands = {head[8:12]} | {head[i : i + 4] for i in range(16, min(size, len(head)) - 3, 4)}
+        if head[8:12] in _AVIF_BRANDS or (brands & _AVIF_BRANDS and not brands & (_HEIF_BRANDS - {b"mif1", b"msf1", b"mif2"})):
+            return None, "AVIF"
+        if brands & _HEIF_BRANDS:
+            return "HEIF", None
+        return None, None  # video and other ISO media files
+    for magic, name in (
+        (b"GIF87a", "GIF"),
+        (b"GIF89a", "GIF"),
+        (b"BM", "BMP"),
+        (b"II*\x00", "TIFF"),
+        (b"MM\x00*", "TIFF"),
+        (b"II+\x00", "BigTIFF"),
+        (b"MM\x00+", "BigTIFF"),
+        (b"8BPS", "PSD"),
+        (b"\x00\x00\x01\x00", "ICO"),
+        (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG 2000"),
+        (b"\xff\x4f\xff\x51", "JPEG 2000"),
+        (b"\xff\x0a", "JPEG XL"),
+        (b"\x00\x00\x00\x0cJXL \r\n\x87\n", "JPEG XL"),
+        (b"qoif", "QOI"),
+        (b"DDS ", "DDS"),
+        (b"icns", "ICNS"),
+        (b"\x76\x2f\x31\x01", "OpenEXR"),
+        (b"#?RADIANCE", "HDR"),
+        (b"P1", "PBM"), (b"P2", "PGM"), (b"P3", "PPM"), (b"P4", "PBM"), (b"P5", "PGM"), (b"P6", "PPM"),
+    ):
+        if head.startswith(magic):
+            return None, name
+    if head.lstrip().startswith((b"<svg", b"<?xml")) and b"<svg" in head:
+        return None, "SVG"
+    return None, None
+
+
+class DecodeError(Exception):
+    """The file could not be decoded: ``code`` is `corrupt` or `too_many_pixels`."""
+
+    def __init__(self, code: str, detail: str = ""):
+        super().__init__(detail or code)
+        self.code = code
+
+
+@dataclass
+class Decoded:
+    format: str  # one of ALLOWED
+    stored_width: int  # as stored, before orientation
+    stored_height: int
+    small: Image.Image  # RGB as stored (orientation not applied unless orientation_applied), long side <= HASH_SIDE
+    exif: bytes | None  # raw TIFF-structured EXIF block, if any
+    orientation_applied: bool  # the decoder already applied the orientation (HEIF)
+
+
+_ORIENT_OPS = {
+    2: [Image.Transpose.FLIP_LEFT_RIGHT],
+    3: [Image.Transpose.ROTATE_180],
+    4: [Image.Transpose.FLIP_TOP_BOTTOM],
+    5: [Image.Transpose.TRANSPOSE],
+    6: [Image.Transpose.ROTATE_270],
+    7: [Image.Transpose.TRANSVERSE],
+    8: [Image.Transpose.ROTATE_90],
+}
+
+
+def orient(im: Image.Image, orientation: int) -> Image.Image:
+    for op in _ORIENT_OPS.get(orientation, []):
+        im = im.transpose(op)
+    return im
+
+
+def displayed_size(width: int, height: int, orientation: int) -> tuple[int, int]:
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
+def decode(path: Path, fmt: str, max_pixels: int) -> Decoded:
+    """Open ``path`` as ``fmt`` only, refuse it past ``max_pixels``, and decode it once, small."""
+    if fmt == "HEIF":
+        _register_heif()
+    try:
+        with open(path, "rb") as fh:
+            # Image.open reads only the header: the pixel limit is enforced before any decoding.
+            with Image.open(fh, formats=_PILLOW_FORMATS[fmt]) as im:
+                width, height = im.size
+                if width <= 0 or height <= 0:
+                    raise DecodeError("corrupt", "the image declares no pixels")
+                if width * height > max_pixels:
+                    raise DecodeError("too_many_pixels", f"{width}x{height}")
+                exif = _raw_exif(im.info.get("exif"))
+                orientation_applied = fmt == "HEIF"
+                if fmt == "JPEG":
+                    im.draft("RGB", (SMALL_SIDE, SMALL_SIDE))
+                im.load()  # the one decode: proves the whole stream is intact
+                small = _to_rgb(im)
+    except DecodeError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DecodeError("too_many_pixels", str(exc)) from None
+    except UnidentifiedImageError as exc:
+        raise DecodeError("corrupt", str(exc)) from None
+    except (OSError, SyntaxError, ValueError, TypeError, IndexError, KeyError, struct.error, EOFError, zlib.error) as exc:
+        raise DecodeError("corrupt", f"{type(exc).__name__}: {exc}") from None
+    except MemoryError:
+        raise DecodeError("corrupt", "the image needs more memory than it should") from None
+    if max(small.size) > HASH_SIDE:
+        small.thumbnail((HASH_SIDE, HASH_SIDE), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return Decoded(fmt, width, height, small, exif, orientation_applied)
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(im, dtype=np.float64)
+        top = arr.max() if arr.size else 0
+        scale = 255.0 / top if top > 255 else 1.0
+        im = Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8), "L")
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+        background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(background, im)
+    return im.convert("RGB")
+
+
+def _raw_exif(blob) -> bytes | None:
+    if not isinstance(blob, (bytes, bytearray)) or not blob:
+        return None
+    blob = bytes(blob)
+    if blob.startswith(b"Exif\x00\x00"):
+        blob = blob[6:]
+    return blob if blob[:4] in (b"II*\x00", b"MM\x00*") else None
+
+
+@dataclass
+class Fingerprint:
+    pdq: str  # 64 hex digits: the picture as displayed
+    pdq_quality: int  # 0..100, PDQ's own confidence in the hash
+    variants: list[str]  # the hash of each of the 8 rotations and mirrors; variants[0] == pdq
+    brightness: float  # mean luminance 0..255
+    contrast: float  # standard deviation of luminance
+    sharpness: float  # variance of the Laplacian on the small image
+
+
+def fingerprint(small_oriented: Image.Image) -> Fingerprint:
+    arr = np.asarray(small_oriented, dtype=np.uint8)
+    # One DCT gives the hashes of all 8 rotations and mirrors, so a copy whose pixels (or whose
+    # orientation tag alone) were turned is still found; variants[0] is the unturned hash.
+    hashes, quality = pdqhash.compute_dihedral(arr)
+    variants = [bits_to_hex(h) for h in hashes]
+    g = np.asarray(small_oriented.convert("L"), dtype=np.float32)
+    # 4-neighbour Laplacian on the interior; its variance falls towards 0 as focus is lost.
+    lap = g[1:-1, :-2] + g[1:-1, 2:] + g[:-2, 1:-1] + g[2:, 1:-1] - 4 * g[1:-1, 1:-1]
+    return Fingerprint(
+        pdq=variants[0],
+        pdq_quality=int(quality),
+        variants=variants,
+        brightness=float(g.mean()),
+        contrast=float(g.std()),
+        sharpness=float(lap.var()),
+    )
+
+
+def bits_to_hex(bits) -> str:
+    packed = np.packbits(np.asarray(bits, dtype=np.uint8))
+    return packed.tobytes().hex()
+
+
+def thumbnail_jpeg(small_oriented: Image.Image) -> bytes:
+    im = small_oriented.copy()
+    im.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    im.save(out, "JPEG", quality=80, optimize=True, progressive=True)
+    return out.getvalue()

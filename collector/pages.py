@@ -1,0 +1,91 @@
+"""The attendee's pages: landing, upload (JavaScript or plain form), my photos, photo files."""
+
+from __future__ import annotations
+
+from flask import Blueprint, abort, render_template, request, send_file
+from flask_login import current_user, login_required
+from sqlalchemy import select
+
+from . import services
+from .auth import EmptyForm
+from .credits import progress_of
+from .imaging import MIME_TYPES
+from .models import Photo, UploadRejection
+
+bp = Blueprint("pages", __name__)
+
+MAX_FORM_FILES = 30
+
+
+@bp.route("/")
+def index():
+    return render_template("index.html")
+
+
+@bp.route("/upload", methods=["GET", "POST"])
+@login_required
+def upload():
+    svc = services()
+    verdicts = []
+    if request.method == "POST":
+        # The no-JavaScript path: many files in one plain form post, each through intake.
+        files = [f for f in request.files.getlist("photo") if f.filename or f.content_length]
+        for storage in files[:MAX_FORM_FILES]:
+            verdicts.append(svc.intake.submit(current_user.id, storage.stream, storage.filename))
+    progress = progress_of(svc.db.session, current_user.id, svc.settings["QUOTA"])
+    return render_template("upload.html", progress=progress, verdicts=verdicts, form=EmptyForm(), max_files=MAX_FORM_FILES)
+
+
+@bp.route("/photos")
+@login_required
+def photos():
+    svc = services()
+    session = svc.db.session
+    mine = session.scalars(select(Photo).where(Photo.user_id == current_user.id).order_by(Photo.id.desc())).all()
+    rejected = session.scalars(
+        select(UploadRejection)
+        .where(UploadRejection.user_id == current_user.id)
+        .order_by(UploadRejection.id.desc())
+        .limit(200)
+    ).all()
+    progress = progress_of(session, current_user.id, svc.settings["QUOTA"])
+    return render_template("photos.html", photos=mine, rejected=rejected, progress=progress)
+
+
+def _visible_photo(photo_id: int) -> Photo:
+    photo = services().db.session.get(Photo, photo_id)
+    if photo is None or (photo.user_id != current_user.id and not current_user.is_organiser):
+        abort(404)  # not 403: do not confirm that someone else's photo exists
+    return photo
+
+
+def _stream(key: str, mimetype: str):
+    try:
+        fh = services().storage.open(key)
+    except FileNotFoundError:
+        abort(404)
+    response = send_file(fh, mimetype=mimetype, max_age=3600)
+    response.headers["Cache-Control"] = "private, max-age=3600"
+    return response
+
+
+@bp.route("/photos/<int:photo_id>/thumb")
+@login_required
+def thumb(photo_id: int):
+    return _stream(_visible_photo(photo_id).thumb_key, "image/jpeg")
+
+
+@bp.route("/photos/<int:photo_id>/file")
+@login_required
+def original(photo_id: int):
+    photo = _visible_photo(photo_id)
+    return _stream(photo.storage_key, MIME_TYPES[photo.format])
+
+
+def set_request_limit() -> None:
+    """Let the plain upload form carry many files; every other request carries at most one.
+
+    Registered by ``create_app`` ahead of CSRF protection, which is the first to read a form.
+    """
+    if request.endpoint == "pages.upload" and request.method == "POST":
+        request.max_content_length = services().settings["MAX_UPLOAD_MB"] * 1024 * 1024 * MAX_FORM_FILES

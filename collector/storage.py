@@ -1,0 +1,226 @@
+"""Where photo bytes live: one small interface, a local folder and an S3 implementation.
+
+Keys are derived from the SHA-256 of the content, so a key never changes meaning: ``put``
+never overwrites (an existing object already holds the same bytes) and a crash can at worst
+leave an object that no row references, which ``storage-check`` finds.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Iterator, Protocol
+
+
+class StorageUnavailable(Exception):
+    """The store cannot be reached or refused the write: the caller should retry later."""
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    key: str
+    size: int
+    modified: dt.datetime
+
+
+def photo_key(sha256: str, ext: str) -> str:
+    return f"originals/{sha256[:2]}/{sha256[2:4]}/{sha256}.{ext}"
+
+
+def thumb_key(sha256: str) -> str:
+    return f"thumbs/{sha256[:2]}/{sha256[2:4]}/{sha256}.jpg"
+
+
+class Storage(Protocol):
+    def put_file(self, key: str, path: Path, sha256_hex: str) -> None: ...
+    def put_bytes(self, key: str, data: bytes) -> None: ...
+    def open(self, key: str) -> BinaryIO: ...
+    def exists(self, key: str) -> bool: ...
+    def delete(self, key: str) -> None: ...
+    def list(self, prefix: str = "") -> Iterator[StoredObject]: ...
+
+
+class LocalStorage:
+    """A folder. Writes go to a temporary file, are fsynced, then linked into place."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def __repr__(self) -> str:
+        return f"LocalStorage({str(self.root)!r})"
+
+    def _path(self, key: str) -> Path:
+        if key.startswith("/") or ".." in key.split("/"):
+            raise ValueError(f"bad storage key {key!r}")
+        return self.root / key
+
+    def put_file(self, key: str, path: Path, sha256_hex: str) -> None:
+        with open(path, "rb") as fh:
+            self._write(key, fh)
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        import io
+
+        self._write(key, io.BytesIO(data))
+
+    def _write(self, key: str, src: BinaryIO) -> None:
+        final = self._path(key)
+        if final.exists():
+            return
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=".tmp-")
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    while chunk := src.read(1 << 20):
+                        out.write(chunk)
+                    out.flush()
+                    os.fsync(out.fileno())
+                try:
+                    os.link(tmp, final)  # atomic, and never replaces an existing object
+                except FileExistsError:
+                    pass
+            finally:
+                os.unlink(tmp)
+            dir_fd = os.open(final.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            raise StorageUnavailable(f"cannot write {key}: {exc.strerror or exc}") from exc
+
+    def open(self, key: str) -> BinaryIO:
+        return open(self._path(key), "rb")
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink()
+
+    def list(self, prefix: str = "") -> Iterator[StoredObject]:
+        for dirpath, _dirs, files in os.walk(self.root):
+            for name in files:
+                if name.startswith(".tmp-"):
+                    continue
+                full = Path(dirpath) / name
+                key = full.relative_to(self.root).as_posix()
+                if key.startswith(prefix):
+                    st = full.stat()
+                    yield StoredObject(key, st.st_size, dt.datetime.fromtimestamp(st.st_mtime, dt.timezone.utc))
+
+
+class S3Storage:
+    """Any S3-compatible store through boto3 (credentials and region from boto3's usual chain)."""
+
+    def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None):
+        import boto3
+        from botocore.config import Config
+
+        self.bucket = bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.client = boto3.client(
+            "s3",
+            endpoint_url=endpoint_url,
+            config=Config(
+                retries={"mode": "standard", "max_attempts": 4},
+                connect_timeout=5,
+                read_timeout=30,
+            ),
+        )
+
+    def __repr__(self) -> str:
+        return f"S3Storage(s3://{self.bucket}/{self.prefix})"
+
+    def _errors(self):
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        return BotoCoreError, ClientError
+
+    def put_file(self, key: str, path: Path, sha256_hex: str) -> None:
+        with open(path, "rb") as fh:
+            self._put(key, fh, sha256_hex)
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        import hashlib
+        import io
+
+        self._put(key, io.BytesIO(data), hashlib.sha256(data).hexdigest())
+
+    def _put(self, key: str, body: BinaryIO, sha256_hex: str) -> None:
+        from botocore.exceptions import ClientError
+
+        if self.exists(key):
+            return
+        try:
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=self.prefix + key,
+                Body=body,
+                ChecksumSHA256=base64.b64encode(bytes.fromhex(sha256_hex)).decode(),
+                IfNoneMatch="*",  # never overwrite; a racing writer holds the same bytes
+            )
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in {"PreconditionFailed", "ConditionalRequestConflict"}:
+                return
+            raise StorageUnavailable(f"object store refused {key}: {code or exc}") from exc
+        except self._errors() as exc:
+            raise StorageUnavailable(f"object store unreachable: {exc}") from exc
+
+    def open(self, key: str) -> BinaryIO:
+        from botocore.exceptions import ClientError
+
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)["Body"]
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in {"NoSuchKey", "404", "NotFound"}:
+                raise FileNotFoundError(key) from exc
+            raise StorageUnavailable(str(exc)) from exc
+        except self._errors() as exc:
+            raise StorageUnavailable(f"object store unreachable: {exc}") from exc
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self.prefix + key)
+            return True
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+                return False
+            raise StorageUnavailable(str(exc)) from exc
+        except self._errors() as exc:
+            raise StorageUnavailable(f"object store unreachable: {exc}") from exc
+
+    def delete(self, key: str) -> None:
+        if not self.exists(key):
+            raise FileNotFoundError(key)
+        self.client.delete_object(Bucket=self.bucket, Key=self.prefix + key)
+
+    def list(self, prefix: str = "") -> Iterator[StoredObject]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
+                for obj in page.get("Contents", []):
+                    yield StoredObject(obj["Key"][len(self.prefix):], obj["Size"], obj["LastModified"])
+        except self._errors() as exc:
+            raise StorageUnavailable(f"object store unreachable: {exc}") from exc
+
+
+def open_storage(url: str, endpoint_url: str | None = None) -> Storage:
+    """``s3://bucket/prefix`` or a folder path."""
+    if url.startswith("s3://"):
+        bucket, _, prefix = url[len("s3://"):].partition("/")
+        if not bucket:
+            raise SystemExit(f"storage URL {url!r} names no bucket")
+        return S3Storage(bucket, prefix, endpoint_url)
+    if "://" in url and not url.startswith("file://"):
+        raise SystemExit(f"unsupported storage URL {url!r}: use a folder or s3://BUCKET/PREFIX")
+    return LocalStorage(url.removeprefix("file://"))

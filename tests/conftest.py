@@ -1,0 +1,179 @@
+"""Fixture chain: a database (fresh SQLite file, or the real PostgreSQL with --db=postgresql),
+an ``app`` on it with a temporary storage folder, a ``client``, a ``runner``, and helpers."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import uuid
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from collector import create_app
+from collector.models import Base
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+CORPUS = SHARED / "corpus"
+PLATES = CORPUS / "plates" / "openalpr" / "endtoend"
+DEFAULT_PG = "postgresql+psycopg://root@127.0.0.1:5432/test"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--db", default=os.environ.get("COLLECTOR_TEST_DB", "sqlite"), choices=["sqlite", "postgresql"],
+                     help="database to run the suite against")
+
+
+def pytest_report_header(config):
+    return f"database: {config.getoption('--db')}; corpus: {CORPUS if CORPUS.is_dir() else 'absent (corpus tests skip)'}"
+
+
+def corpus(*parts: str) -> Path:
+    """A file of ../shared/corpus; the test skips, saying so, where the corpus is absent."""
+    path = CORPUS.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"needs ../shared/corpus ({path} is absent)")
+    return path
+
+
+def plate(rel: str) -> Path:
+    return corpus("plates", "openalpr", "endtoend", rel)
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url(request):
+    if request.config.getoption("--db") != "postgresql":
+        return None
+    url = os.environ.get("COLLECTOR_TEST_POSTGRES_URL", DEFAULT_PG)
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:  # the run asked for PostgreSQL: fail loudly, do not skip
+        pytest.exit(f"PostgreSQL is not reachable at {url}: {exc}", returncode=3)
+    finally:
+        engine.dispose()
+    return url
+
+
+@pytest.fixture(scope="session")
+def pg_database(pg_admin_url):
+    """A database of its own for this test session, dropped at the end."""
+    if pg_admin_url is None:
+        yield None
+        return
+    name = f"collector_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(pg_admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(pg_admin_url).set(database=name).render_as_string(hide_password=False)
+    yield url
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
+def database_url(tmp_path, pg_database):
+    if pg_database is None:
+        return f"sqlite:///{tmp_path / 'collector.sqlite3'}"
+    engine = create_engine(pg_database)
+    with engine.begin() as conn:  # an empty database for every test
+        tables = [t.name for t in Base.metadata.sorted_tables]
+        existing = set(conn.execute(text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")).scalars())
+        present = [t for t in tables if t in existing]
+        if present:
+            conn.execute(text(f"TRUNCATE {', '.join(present)} RESTART IDENTITY CASCADE"))
+    engine.dispose()
+    return pg_database
+
+
+@pytest.fixture
+def settings(tmp_path, database_url):
+    """Overrides for create_app; tests may change them before asking for ``app``."""
+    return {
+        "DATA_DIR": str(tmp_path / "data"),
+        "DATABASE_URL": database_url,
+        "STORAGE_URL": str(tmp_path / "photos"),
+        "SECRET_KEY": "test-secret",
+        "TESTING": True,
+    }
+
+
+@pytest.fixture
+def app(settings):
+    app = create_app(settings)
+    yield app
+    app.extensions["collector"].db.dispose()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()
+
+
+@pytest.fixture
+def svc(app):
+    return app.extensions["collector"]
+
+
+@pytest.fixture
+def make_user(svc):
+    from collector import accounts
+
+    def make(email="ann@example.com", name="Ann", password="correct horse battery", organiser=False):
+        return accounts.create_user(svc.db, email, name, password, "CC BY 4.0", organiser=organiser)
+
+    return make
+
+
+@pytest.fixture
+def submit(svc):
+    """Run bytes or a file through intake as ``user``."""
+
+    def run(user, data, filename="photo.jpg"):
+        if isinstance(data, Path):
+            filename = data.name if filename == "photo.jpg" else filename
+            data = data.read_bytes()
+        return svc.intake.submit(user.id, io.BytesIO(data), filename)
+
+    return run
+
+
+def csrf_from(html: str) -> str:
+    m = re.search(r'name="csrf-token" content="([^"]+)"', html) or re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', html)
+    assert m, "no CSRF token on the page"
+    return m.group(1)
+
+
+class Auth:
+    def __init__(self, client):
+        self.client = client
+
+    def register(self, email="ann@example.com", name="Ann", password="correct horse battery", consent=True):
+        token = csrf_from(self.client.get("/register").get_data(as_text=True))
+        data = {"csrf_token": token, "name": name, "email": email, "password": password}
+        if consent:
+            data["consent"] = "y"
+        return self.client.post("/register", data=data)
+
+    def login(self, email="ann@example.com", password="correct horse battery"):
+        token = csrf_from(self.client.get("/login").get_data(as_text=True))
+        return self.client.post("/login", data={"csrf_token": token, "email": email, "password": password})
+
+    def csrf(self):
+        return csrf_from(self.client.get("/upload").get_data(as_text=True))
+
+
+@pytest.fixture
+def auth(client):
+    return Auth(client)
