@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 from flask import Flask
-from flask.cli import AppGroup
+from flask.cli import AppGroup, with_appcontext
 
 from . import accounts, services
 
@@ -63,6 +63,7 @@ def _files(paths: tuple[str, ...]):
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--as", "as_email", required=True, metavar="EMAIL", help="The contributor who gets the credit.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per file per line on stdout.")
+@with_appcontext
 def import_photos(paths: tuple[str, ...], as_email: str, as_json: bool) -> None:
     """Run every file (folders recursively) through the same intake as an upload."""
     svc = services()

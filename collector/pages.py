@@ -32,7 +32,7 @@ def upload():
         files = [f for f in request.files.getlist("photo") if f.filename or f.content_length]
         for storage in files[:MAX_FORM_FILES]:
             verdicts.append(svc.intake.submit(current_user.id, storage.stream, storage.filename))
-    progress = progress_of(svc.db.session, current_user.id, svc.settings["QUOTA"])
+    progress = svc.intake.progress(current_user.id)  # a fresh read, after the uploads' commits
     return render_template("upload.html", progress=progress, verdicts=verdicts, form=EmptyForm(), max_files=MAX_FORM_FILES)
 
 

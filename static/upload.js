@@ -114,7 +114,12 @@
     xhr.send(data);
   }
 
+  var shown = parseInt(document.getElementById("progress-count").textContent, 10) || 0;
+
   function updateProgress(p) {
+    // Answers to parallel uploads can arrive out of order: an older count must not win.
+    if (p.accepted < shown) return;
+    shown = p.accepted;
     document.getElementById("progress-count").textContent = p.accepted;
     document.getElementById("progress-bar").value = Math.min(p.accepted, quota);
     var left = Math.max(p.quota - p.accepted, 0);

@@ -1,0 +1,17 @@
+"""The README keeps up with the code: every setting is documented."""
+
+from collector.config import SETTINGS
+
+from .conftest import ROOT
+
+
+def test_every_setting_is_in_the_readme():
+    readme = (ROOT / "README.md").read_text()
+    missing = [s.env for s in SETTINGS if f"`{s.env}`" not in readme]
+    assert not missing, f"settings missing from README.md: {missing}"
+
+
+def test_readme_starts_with_the_two_commands():
+    lines = [line.strip() for line in (ROOT / "README.md").read_text().splitlines()]
+    commands = [line for line in lines[:15] if line.startswith("make ")]
+    assert commands[:2] == ["make run", "make test"]
