@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
+import io
 import os
 import tempfile
 from dataclasses import dataclass
@@ -64,8 +66,6 @@ class LocalStorage:
             self._write(key, fh)
 
     def put_bytes(self, key: str, data: bytes) -> None:
-        import io
-
         self._write(key, io.BytesIO(data))
 
     def _write(self, key: str, src: BinaryIO) -> None:
@@ -148,9 +148,6 @@ class S3Storage:
             self._put(key, fh, sha256_hex)
 
     def put_bytes(self, key: str, data: bytes) -> None:
-        import hashlib
-        import io
-
         self._put(key, io.BytesIO(data), hashlib.sha256(data).hexdigest())
 
     def _put(self, key: str, body: BinaryIO, sha256_hex: str) -> None:
@@ -163,6 +160,7 @@ class S3Storage:
                 Bucket=self.bucket,
                 Key=self.prefix + key,
                 Body=body,
+                ChecksumAlgorithm="SHA256",  # the store verifies the bytes against our hash
                 ChecksumSHA256=base64.b64encode(bytes.fromhex(sha256_hex)).decode(),
                 IfNoneMatch="*",  # never overwrite; a racing writer holds the same bytes
             )

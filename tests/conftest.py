@@ -92,6 +92,63 @@ def database_url(tmp_path, pg_database):
     return pg_database
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, proc=None, timeout: float = 30.0) -> None:
+    import socket
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's standalone S3-compatible server on loopback, in a process of its own."""
+    import shutil
+    import subprocess
+    import sys
+
+    exe = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
+    port = free_port()
+    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """boto3's usual chain, pointed at the loopback server; a fresh bucket per test."""
+    import boto3
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(var, raising=False)
+    bucket = f"photos-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=bucket)
+    return {"endpoint": s3_server, "bucket": bucket}
+
+
 @pytest.fixture
 def settings(tmp_path, database_url):
     """Overrides for create_app; tests may change them before asking for ``app``."""
@@ -147,6 +204,18 @@ def submit(svc):
         return svc.intake.submit(user.id, io.BytesIO(data), filename)
 
     return run
+
+
+def multipart(data: bytes | list[tuple[bytes, str]], name="plate.jpg", **fields) -> dict:
+    """A ready multipart body: Werkzeug's test client would otherwise spool a large one to a
+    temporary file of its own, which it leaves open (a ResourceWarning, an error here)."""
+    from werkzeug.datastructures import FileStorage, MultiDict
+    from werkzeug.test import encode_multipart
+
+    files = data if isinstance(data, list) else [(data, name)]
+    values = MultiDict([("photo", FileStorage(io.BytesIO(d), n)) for d, n in files] + list(fields.items()))
+    boundary, body = encode_multipart(values)
+    return {"data": body, "content_type": f"multipart/form-data; boundary={boundary}"}
 
 
 def csrf_from(html: str) -> str:

@@ -14,6 +14,12 @@ def load(path: Path) -> Image.Image:
     return im.convert("RGB")
 
 
+def load_bytes(data: bytes) -> Image.Image:
+    im = Image.open(io.BytesIO(data))
+    im.load()
+    return im.convert("RGB")
+
+
 def encode(im: Image.Image, fmt: str = "JPEG", exif: Image.Exif | None = None, **kw) -> bytes:
     out = io.BytesIO()
     if exif is not None:

@@ -6,27 +6,14 @@ import io
 
 import pytest
 from sqlalchemy import select
-from werkzeug.datastructures import FileStorage
 
 from collector import accounts
 from collector.models import User
 
 from . import images
-from .conftest import csrf_from, plate
+from .conftest import csrf_from, multipart, plate
 
 US7 = "us/us7.jpg"
-
-
-def multipart(data: bytes | list[tuple[bytes, str]], name="plate.jpg", **fields) -> dict:
-    """A ready multipart body: Werkzeug's test client would otherwise spool a large one to a
-    temporary file of its own, which it leaves open (a ResourceWarning, an error here)."""
-    from werkzeug.datastructures import MultiDict
-    from werkzeug.test import encode_multipart
-
-    files = data if isinstance(data, list) else [(data, name)]
-    values = MultiDict([("photo", FileStorage(io.BytesIO(d), n)) for d, n in files] + list(fields.items()))
-    boundary, body = encode_multipart(values)
-    return {"data": body, "content_type": f"multipart/form-data; boundary={boundary}"}
 
 
 def test_landing_page_explains_the_fee(client):
