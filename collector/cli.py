@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ import click
 from flask import Flask
 from flask.cli import AppGroup, with_appcontext
 
-from . import accounts, services
+from . import accounts, integrity, services
 
 users = AppGroup("users", help="Manage accounts.")
 db_group = AppGroup("db", help="Database schema.")
@@ -102,6 +103,31 @@ def import_photos(paths: tuple[str, ...], as_email: str, as_json: bool) -> None:
         sys.exit(1)
 
 
+@click.command("storage-check")
+@click.option("--fix", is_flag=True, help="Move orphans older than the grace period under quarantine/.")
+@click.option("--grace-minutes", type=click.IntRange(min=0), default=60, show_default=True,
+              help="Leave orphans younger than this alone: an upload may be committing them.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@with_appcontext
+def storage_check(fix: bool, grace_minutes: int, as_json: bool) -> None:
+    """Compare stored objects with photo rows. Exits 1 when a row's object is missing."""
+    svc = services()
+    report = integrity.check_storage(svc.db, svc.storage, fix=fix, grace=dt.timedelta(minutes=grace_minutes))
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2))
+    else:
+        click.echo(f"{report.rows} photo rows, {report.objects} objects in {svc.storage!r}")
+        for pid, key in report.missing:
+            click.echo(f"MISSING  photo {pid}: {key}")
+        for obj in report.orphans:
+            click.echo(f"orphan   {obj.key} ({obj.size} bytes, {obj.modified:%Y-%m-%d %H:%M})")
+        for key in report.quarantined:
+            click.echo(f"moved    {key} -> {integrity.QUARANTINE}{key}")
+        click.echo("healthy" if report.healthy else f"ERROR: {len(report.missing)} objects missing")
+    if not report.healthy:
+        sys.exit(1)
+
+
 @db_group.command("upgrade")
 def upgrade() -> None:
     """Apply database migrations (create_app already does this at start-up)."""
@@ -113,3 +139,4 @@ def init_app(app: Flask) -> None:
     app.cli.add_command(users)
     app.cli.add_command(import_photos)
     app.cli.add_command(db_group)
+    app.cli.add_command(storage_check)

@@ -1,0 +1,229 @@
+"""Load test: gunicorn with 4 workers on loopback, against PostgreSQL and an S3 server.
+
+    python bench/load.py [--attendees 200] [--photos 25] [--size 2016x1512] [--workers 4]
+
+200 simulated attendees each upload 25 genuinely different photos at once (generated
+deterministically by tests/synthetic.py: distinct scenes with a plate-like panel, real JPEG with
+EXIF), plus deliberate exact duplicates (retries and copies), near-duplicates (re-encodes of
+someone else's photo) and hostile files from ../shared/corpus. It reports throughput, p50/p95
+latency, errors and the peak memory of each worker, next to a baseline measured in the same run
+(one client uploading alone), then checks that every credit and every stored object matches
+the answers. Needs PostgreSQL (COLLECTOR_TEST_POSTGRES_URL or --postgres) and moto[server].
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from multiprocessing import Pool
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import boto3  # noqa: E402
+import requests  # noqa: E402
+from PIL import Image  # noqa: E402
+from sqlalchemy import create_engine, func, select, text  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
+
+from collector import accounts, create_app  # noqa: E402
+from collector.models import Photo, User  # noqa: E402
+from tests.conftest import free_port, wait_for_port  # noqa: E402
+from tests.synthetic import plate_photo  # noqa: E402
+
+HOSTILE = ["truncated_jpeg.jpg", "png_decompression_dos.png", "decompression_bomb.gif", "test-ole-file.doc",
+           "hopper_bad_exif.jpg", "truncated_image.png", "broken_data_stream.png", "zero_width.gif"]
+
+
+def _gen(args):
+    seed, size = args
+    return plate_photo(seed, size)
+
+
+def peak_memory_mb(master_pid: int) -> list[float]:
+    out = []
+    for pid in subprocess.run(["pgrep", "-P", str(master_pid)], capture_output=True, text=True).stdout.split():
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    out.append(int(line.split()[1]) / 1024)
+        except OSError:
+            pass
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--attendees", type=int, default=200)
+    p.add_argument("--photos", type=int, default=25)
+    p.add_argument("--size", default="2016x1512")
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--threads", type=int, default=8)
+    p.add_argument("--postgres", default=os.environ.get("COLLECTOR_TEST_POSTGRES_URL", "postgresql+psycopg://root@127.0.0.1:5432/test"))
+    args = p.parse_args()
+    size = tuple(int(x) for x in args.size.split("x"))
+
+    t0 = time.perf_counter()
+    with Pool(os.cpu_count()) as pool:
+        photos = pool.map(_gen, [(10_000 + i, size) for i in range(args.attendees * args.photos)], chunksize=50)
+    print(f"generated {len(photos):,} photos of {size[0]}x{size[1]} ({sum(map(len, photos)) / len(photos) / 1024:.0f} KB mean) "
+          f"in {time.perf_counter() - t0:.0f} s")
+
+    pg_name = f"collector_load_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(args.postgres, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{pg_name}"'))
+    s3_port, web_port = free_port(), free_port()
+    procs = []
+    tmp = tempfile.TemporaryDirectory()
+    try:
+        moto = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(s3_port)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(moto)
+        wait_for_port(s3_port, moto)
+        endpoint = f"http://127.0.0.1:{s3_port}"
+        env = dict(os.environ, AWS_ACCESS_KEY_ID="load", AWS_SECRET_ACCESS_KEY="load", AWS_DEFAULT_REGION="us-east-1")
+        os.environ.update({k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")})
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="load")
+        db_url = make_url(args.postgres).set(database=pg_name).render_as_string(hide_password=False)
+        settings = {"DATABASE_URL": db_url, "STORAGE_URL": "s3://load/plates", "S3_ENDPOINT_URL": endpoint,
+                    "DATA_DIR": tmp.name, "SECRET_KEY": "load", "MAX_PHOTOS": 1000}
+        app = create_app(settings)
+        svc = app.extensions["collector"]
+        env.update({f"COLLECTOR_{k}": str(v) for k, v in settings.items()})
+        gunicorn = subprocess.Popen(
+            [str(Path(sys.executable).parent / "gunicorn"), "--workers", str(args.workers), "--worker-class", "gthread",
+             "--threads", str(args.threads), "--bind", f"127.0.0.1:{web_port}", "--timeout", "300", "--backlog", "2048",
+             "app:create_app()"],
+            cwd=ROOT, env=env, stdout=open(Path(tmp.name) / "gunicorn.log", "wb"), stderr=subprocess.STDOUT)
+        procs.append(gunicorn)
+        wait_for_port(web_port, gunicorn, 60)
+        base = f"http://127.0.0.1:{web_port}"
+
+        people = []
+        for i in range(args.attendees + 1):
+            user = accounts.create_user(svc.db, f"a{i}@example.com", f"A{i}", "load test password", "CC BY 4.0")
+            people.append((user.id, accounts.create_token(svc.db, user.id).token))
+        baseline_person, people = people[-1], people[:-1]
+
+        session = requests.Session()
+
+        def upload(token, data, name, http=None):
+            start = time.perf_counter()
+            try:
+                r = (http or requests).post(f"{base}/api/v1/photos", files={"photo": (name, data)},
+                                            headers={"Authorization": f"Bearer {token}"}, timeout=600)
+                body = r.json() if r.headers.get("Content-Type", "").startswith("application/json") else None
+                return r.status_code, body, time.perf_counter() - start
+            except Exception as exc:  # noqa: BLE001 - a failed request is a figure here
+                return -1, {"error": str(exc)}, time.perf_counter() - start
+
+        # Baseline: one client alone, in the same run, on photos no one else sends.
+        base_photos = [plate_photo(900_000 + i, size) for i in range(30)]
+        base_lat = [upload(baseline_person[1], d, f"b{i}.jpg", session)[2] for i, d in enumerate(base_photos)]
+
+        rnd = random.Random(5)
+        plans = [[(token, photos[i * args.photos + j], f"{i}-{j}.jpg") for j in range(args.photos)] for i, (_, token) in enumerate(people)]
+        extras = {"retry": 0, "copy": 0, "near": 0, "hostile": 0}
+        corpus = ROOT.parent / "shared" / "corpus" / "pillow-bad"
+        for k in range(args.attendees // 2):
+            i = rnd.randrange(len(plans))
+            plan = plans[i]
+            kind = ("retry", "copy", "near", "hostile")[k % 4]
+            if kind == "retry":
+                plan.append(plan[rnd.randrange(args.photos)])
+            elif kind == "copy":
+                other = plans[(i + 1) % len(plans)][0]
+                plan.append((plan[0][0], other[1], "copy.jpg"))
+            elif kind == "near":
+                other = plans[(i + 2) % len(plans)][1]
+                buf = io.BytesIO()
+                Image.open(io.BytesIO(other[1])).save(buf, "JPEG", quality=70)
+                plan.append((plan[0][0], buf.getvalue(), "near.jpg"))
+            elif corpus.is_dir():
+                name = HOSTILE[(k // 4) % len(HOSTILE)]
+                plan.append((plan[0][0], (corpus / name).read_bytes(), name))
+            else:
+                continue
+            extras[kind] += 1
+
+        results = []
+        lock = threading.Lock()
+        barrier = threading.Barrier(len(plans))
+
+        def attendee(plan):
+            http = requests.Session()
+            barrier.wait()
+            for token, data, name in plan:
+                res = upload(token, data, name, http)
+                with lock:
+                    results.append((token, name, res))
+
+        start = time.perf_counter()
+        with ThreadPoolExecutor(len(plans)) as pool:
+            list(pool.map(attendee, plans))
+        elapsed = time.perf_counter() - start
+        mem = peak_memory_mb(gunicorn.pid)
+
+        lat = sorted(r[2][2] for r in results)
+        errors = [r for r in results if r[2][0] in (-1,) or r[2][0] >= 500 or r[2][1] is None]
+        by_status: dict[str, int] = {}
+        for _, _, (code, body, _) in results:
+            key = (body or {}).get("code") or (body or {}).get("status") or str(code)
+            by_status[key] = by_status.get(key, 0) + 1
+        b50 = statistics.median(base_lat)
+        p50, p95 = statistics.median(lat), lat[int(len(lat) * 0.95)]
+        print(f"baseline   one client alone: p50 {b50 * 1000:.0f} ms over {len(base_lat)} uploads")
+        sent = sum(len(d) for plan in plans for _, d, _ in plan)
+        print(f"load       {len(results):,} uploads by {len(plans)} attendees in {elapsed:.1f} s: "
+              f"{len(results) / elapsed:.1f} uploads/s, {sent / elapsed / 1e6:.1f} MB/s")
+        print(f"latency    p50 {p50 * 1000:.0f} ms ({p50 / b50:.1f}x baseline), p95 {p95 * 1000:.0f} ms ({p95 / b50:.1f}x baseline)")
+        print(f"errors     {len(errors)} (5xx, non-JSON or failed connections)")
+        print(f"verdicts   {dict(sorted(by_status.items()))}; extras sent {extras}")
+        print(f"memory     peak RSS per worker: {', '.join(f'{m:.0f} MB' for m in mem)}")
+
+        # The truth: credits and stored objects must match the answers.
+        accepted = [(t, b) for t, _, (c, b, _) in results if b and b.get("status") == "accepted"]
+        token_user = {tok: uid for uid, tok in people}
+        with svc.db.Session() as s:
+            rows = s.execute(select(Photo.user_id, Photo.sha256, Photo.storage_key, Photo.thumb_key)).all()
+            counts = dict(s.execute(select(User.id, User.accepted_count)).all())
+            total = s.scalar(select(func.count()).select_from(Photo))
+        expected: dict[int, int] = {}
+        for tok, _ in accepted:
+            expected[token_user[tok]] = expected.get(token_user[tok], 0) + 1
+        rows_by_user: dict[int, int] = {}
+        for r in rows:
+            rows_by_user[r.user_id] = rows_by_user.get(r.user_id, 0) + 1
+        keys = {o.key for o in svc.storage.list()}
+        ok_credits = all(counts.get(uid, 0) == expected.get(uid, 0) == rows_by_user.get(uid, 0) for uid, _ in people)
+        ok_rows = {r.sha256 for r in rows if r.user_id != baseline_person[0]} == {b["photo"]["sha256"] for _, b in accepted}
+        ok_objects = all(r.storage_key in keys and r.thumb_key in keys for r in rows)
+        print(f"check      {total} photo rows; credits match answers: {ok_credits}; rows match accepted answers: {ok_rows}; "
+              f"every row's objects stored: {ok_objects}; objects without a row: {len(keys) - 2 * total}")
+        svc.db.dispose()
+        if errors or not (ok_credits and ok_rows and ok_objects):
+            sys.exit(1)
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            proc.wait(30)
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)'))
+        admin.dispose()
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
