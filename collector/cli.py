@@ -12,6 +12,7 @@ from flask import Flask
 from flask.cli import AppGroup, with_appcontext
 
 from . import accounts, integrity, services
+from . import export as export_mod
 
 users = AppGroup("users", help="Manage accounts.")
 db_group = AppGroup("db", help="Database schema.")
@@ -128,6 +129,46 @@ def storage_check(fix: bool, grace_minutes: int, as_json: bool) -> None:
         sys.exit(1)
 
 
+@click.command("export")
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(export_mod.FORMATS), default="imagefolder", show_default=True)
+@click.option("--split", "split", default="80/10/10", show_default=True, help="train/validation/test percentages.")
+@click.option("--since", type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
+              help="Only photos accepted on or after this date (UTC): a delta export. Use a folder of its own.")
+@click.option("--include-flagged", is_flag=True, help="Add photos flagged for review (never those rejected in review).")
+@click.option("--keep-gps", is_flag=True, help="Keep GPS in the images: for a private research copy only.")
+@click.option("--dry-run", is_flag=True, help="Say what would be written and removed; write nothing.")
+@with_appcontext
+def export_dataset(out_dir: Path, fmt: str, split: str, since, include_flagged: bool, keep_gps: bool, dry_run: bool) -> None:
+    """Write the accepted photos as a dataset: images without private metadata, manifests,
+    a dataset card and SHA256SUMS. Running it again into the same folder is incremental."""
+    from tqdm import tqdm
+
+    try:
+        ratios = export_mod.parse_split(split)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--split") from None
+    options = export_mod.Options(
+        format=fmt, split=ratios, since=since.replace(tzinfo=dt.timezone.utc) if since else None,
+        include_flagged=include_flagged, keep_gps=keep_gps, dry_run=dry_run,
+    )
+    svc = services()
+    out_dir.mkdir(parents=True, exist_ok=True) if not dry_run else None
+    summary = export_mod.export(
+        svc.db, svc.storage, out_dir, options, svc.settings["SECRET_KEY"], svc.settings["LICENCE"],
+        progress=lambda items: tqdm(items, desc="export", unit="photo", file=sys.stderr, disable=None),
+    )
+    splits = ", ".join(f"{s} {summary.per_split.get(s, 0)}" for s in export_mod.SPLITS)
+    verb = "would write" if dry_run else "written"
+    click.echo(
+        f"{'DRY RUN: ' if dry_run else ''}{summary.planned} photos ({splits}) in {fmt} format at {out_dir}\n"
+        f"  {verb}: {summary.written if not dry_run else summary.planned - summary.skipped}, unchanged: {summary.skipped}, "
+        f"removed: {summary.removed}\n"
+        f"  {summary.bytes_written / 1e6:.1f} MB in {summary.seconds:.1f} s",
+        err=True,
+    )
+
+
 @db_group.command("upgrade")
 def upgrade() -> None:
     """Apply database migrations (create_app already does this at start-up)."""
@@ -140,3 +181,4 @@ def init_app(app: Flask) -> None:
     app.cli.add_command(import_photos)
     app.cli.add_command(db_group)
     app.cli.add_command(storage_check)
+    app.cli.add_command(export_dataset)

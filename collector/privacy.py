@@ -1,0 +1,187 @@
+"""Rewrite a photo's metadata for publication without touching its compressed pixels.
+
+JPEG: the segments before the scan are rebuilt (private ones dropped, a minimal EXIF put
+back) and everything from the first scan to EOI is copied byte for byte; only the first frame
+of an MPO is kept. PNG and WebP: chunks are filtered the same way. HEIC/HEIF is converted to a
+high-quality JPEG with the orientation applied. What survives: orientation, make, model and
+capture time (and GPS with ``keep_gps``); ICC colour profiles and the JFIF/Adobe segments
+that decoders need.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import struct
+import zlib
+
+from PIL import Image
+
+from .imaging import _register_heif
+
+# JPEG markers kept as they are: JFIF (APP0), ICC profile (APP2 "ICC_PROFILE"), Adobe (APP14).
+_KEEP_APP = {0xE0: b"JFIF", 0xE2: b"ICC_PROFILE\x00", 0xEE: b"Adobe"}
+# PNG chunks kept: the critical ones and those that change how pixels display.
+_PNG_KEEP = {b"IHDR", b"PLTE", b"IDAT", b"IEND", b"tRNS", b"gAMA", b"cHRM", b"sRGB", b"iCCP", b"sBIT", b"pHYs", b"acTL", b"fcTL", b"fdAT"}
+
+
+def minimal_exif(orientation: int, make: str | None, model: str | None, captured_at: dt.datetime | None,
+                 gps: tuple[float, float] | None = None) -> bytes:
+    """A fresh TIFF-structured EXIF block holding only what the dataset keeps."""
+    exif = Image.Exif()
+    if orientation and orientation != 1:
+        exif[0x0112] = orientation
+    if make:
+        exif[0x010F] = make
+    if model:
+        exif[0x0110] = model
+    if captured_at:
+        exif.get_ifd(0x8769)[0x9003] = captured_at.strftime("%Y:%m:%d %H:%M:%S")
+    if gps:
+        lat, lon = gps
+        g = exif.get_ifd(0x8825)
+        g[1], g[2] = ("N" if lat >= 0 else "S"), _dms(abs(lat))
+        g[3], g[4] = ("E" if lon >= 0 else "W"), _dms(abs(lon))
+    return exif.tobytes()  # starts with b"Exif\x00\x00"
+
+
+def _dms(value: float):
+    from PIL.TiffImagePlugin import IFDRational
+
+    d = int(value)
+    m = int((value - d) * 60)
+    s = round(((value - d) * 60 - m) * 60 * 10000)
+    return (IFDRational(d, 1), IFDRational(m, 1), IFDRational(s, 10000))
+
+
+def jpeg_segments(data: bytes):
+    """(marker, start, end) of each segment before the first SOS; then ('SOS', start, eoi_end)."""
+    if data[:2] != b"\xff\xd8":
+        raise ValueError("not a JPEG")
+    pos = 2
+    while pos < len(data):
+        if data[pos] != 0xFF:
+            # junk between segments (some writers leave it): skip to the next marker
+            nxt = data.find(b"\xff", pos)
+            if nxt < 0:
+                raise ValueError("no scan in JPEG")
+            pos = nxt
+            continue
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0xDA:  # start of scan: the rest up to EOI is compressed data
+            eoi = _find_eoi(data, pos)
+            yield "SOS", pos, eoi
+            return
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:
+            pos += 2
+            continue
+        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+        yield marker, pos, pos + 2 + length
+        pos += 2 + length
+    raise ValueError("no scan in JPEG")
+
+
+def _find_eoi(data: bytes, sos: int) -> int:
+    """End of the first image: the first EOI after the scan (0xFF in scan data is always
+    followed by 0x00 or a marker, so this is exact); MPO's further frames follow it."""
+    pos = data.find(b"\xff\xd9", sos)
+    return len(data) if pos < 0 else pos + 2
+
+
+def scan_data(data: bytes) -> bytes:
+    """The compressed image data of a JPEG: from the first SOS to EOI."""
+    for marker, start, end in jpeg_segments(data):
+        if marker == "SOS":
+            return data[start:end]
+    raise ValueError("no scan")
+
+
+def clean_jpeg(data: bytes, exif: bytes) -> bytes:
+    """SOI, JFIF, our EXIF, the kept segments in order, then the scans copied byte for byte."""
+    jfif, rest, scans = [], [], b""
+    for marker, start, end in jpeg_segments(data):
+        segment = data[start:end]
+        if marker == "SOS":
+            scans = segment
+            break
+        if 0xE0 <= marker <= 0xEF or marker == 0xFE:  # APPn and COM: only the safe ones stay
+            tag = _KEEP_APP.get(marker)
+            if tag and segment[4 : 4 + len(tag)] == tag:
+                (jfif if marker == 0xE0 else rest).append(segment)
+            continue
+        rest.append(segment)  # DQT, DHT, SOF, DRI...: the image's structure, untouched
+    return b"".join([b"\xff\xd8", *jfif[:1], _app1(exif), *rest, scans])
+
+
+def _app1(exif: bytes) -> bytes:
+    if len(exif) + 2 > 0xFFFF:
+        raise ValueError("EXIF too large")
+    return b"\xff\xe1" + struct.pack(">H", len(exif) + 2) + exif
+
+
+def clean_png(data: bytes, exif: bytes | None) -> bytes:
+    out = [data[:8]]
+    pos = 8
+    while pos + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind = data[pos + 4 : pos + 8]
+        end = pos + 12 + length
+        if kind == b"IDAT" and exif:
+            out.append(_png_chunk(b"eXIf", exif[6:]))
+            exif = None
+        if kind in _PNG_KEEP:
+            out.append(data[pos:end])
+        pos = end
+        if kind == b"IEND":
+            break
+    return b"".join(out)
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+
+def clean_webp(data: bytes, exif: bytes | None) -> bytes:
+    chunks = []
+    pos = 12
+    while pos + 8 <= len(data):
+        kind = data[pos : pos + 4]
+        (length,) = struct.unpack("<I", data[pos + 4 : pos + 8])
+        end = pos + 8 + length + (length & 1)
+        if kind not in (b"EXIF", b"XMP "):
+            chunks.append([kind, data[pos + 8 : pos + 8 + length]])
+        pos = end
+    if chunks and chunks[0][0] == b"VP8X":
+        flags = bytearray(chunks[0][1])
+        flags[0] &= ~0x0C & 0xFF  # clear the EXIF and XMP flags
+        if exif:
+            flags[0] |= 0x08
+            chunks.append([b"EXIF", exif[6:]])
+        chunks[0][1] = bytes(flags)
+    body = b"".join(k + struct.pack("<I", len(v)) + v + (b"\x00" if len(v) & 1 else b"") for k, v in chunks)
+    return b"RIFF" + struct.pack("<I", 4 + len(body)) + b"WEBP" + body
+
+
+def heif_to_jpeg(data: bytes, exif: bytes) -> bytes:
+    _register_heif()
+    with Image.open(io.BytesIO(data)) as im:  # pillow-heif has applied the HEIF transforms
+        out = io.BytesIO()
+        im.convert("RGB").save(out, "JPEG", quality=95, subsampling=0, exif=exif,
+                               icc_profile=im.info.get("icc_profile"))
+    return out.getvalue()
+
+
+def publishable(data: bytes, fmt: str, exif: bytes) -> tuple[bytes, str]:
+    """(bytes, extension) of the photo as it goes into the dataset."""
+    if fmt == "JPEG":
+        return clean_jpeg(data, exif), "jpg"
+    if fmt == "PNG":
+        return clean_png(data, exif), "png"
+    if fmt == "WEBP":
+        return clean_webp(data, exif), "webp"
+    if fmt == "HEIF":
+        return heif_to_jpeg(data, exif), "jpg"
+    raise ValueError(f"unknown format {fmt}")

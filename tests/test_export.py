@@ -1,0 +1,241 @@
+"""Dataset export: loads in Hugging Face datasets, private metadata gone, pixels untouched,
+grouped splits, incremental and safe."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+
+import exifread
+import pytest
+from PIL import Image
+from sqlalchemy import update
+
+from collector import dedup, privacy
+from collector.models import Photo
+
+from . import images
+from .conftest import corpus, plate
+
+PEOPLE = {
+    "ann@example.com": ["br/JST2699.jpg", "br/OKV8004.jpg", "us/us7.jpg", "eu/eu7.jpg"],
+    "bob@example.com": ["us/car9-2.jpg", "us/car9-7.jpg", "br/PAG5219.png", "us/us2.jpg"],
+    "cat@example.com": ["us/us5.jpg", "us/us8.jpg", "eu/eu1.jpg"],
+    "dev@example.com": ["us/us10.jpg", "eu/eu10.jpg", "br/AYO9034.jpg"],
+    "eve@example.com": ["br/GWT2180.jpg", "br/HPM9362.jpg"],
+    "fay@example.com": ["us/1e241dc8-8f18-4955-8988-03a0ab49f813.jpg"],
+}
+
+
+@pytest.fixture
+def collection(svc, make_user, submit):
+    users = {}
+    for email, rels in PEOPLE.items():
+        users[email] = make_user(email, email.split("@")[0].title())
+        for rel in rels:
+            assert submit(users[email], plate(rel)).accepted, rel
+    heic = submit(users["fay@example.com"], corpus("exif", "heic", "IMG_5195.HEIC"))
+    assert heic.accepted
+    rotated = submit(users["eve@example.com"], images.exif_rotated(plate("us/c9368c55-210d-456c-a5ef-c310e60039ec.jpg"), 6), "rot.jpg")
+    assert rotated.accepted
+    return users
+
+
+def run_export(runner, out, *args):
+    r = runner.invoke(args=["export", str(out), *args])
+    assert r.exit_code == 0, r.output
+    return r
+
+
+def csv_rows(path):
+    return list(csv.DictReader(io.StringIO(path.read_text())))
+
+
+def manifest_rows(out):
+    rows = []
+    for split in ("train", "validation", "test"):
+        path = out / split / "metadata.jsonl"
+        if path.exists():
+            rows += [json.loads(line) | {"_dir": split} for line in path.read_text().splitlines()]
+    return rows
+
+
+def test_imagefolder_loads_in_datasets_with_every_field(runner, collection, tmp_path):
+    from datasets import load_dataset
+
+    out = tmp_path / "ds"
+    r = run_export(runner, out)
+    assert "19 photos" in r.stderr and "written: 19" in r.stderr
+    ds = load_dataset("imagefolder", data_dir=str(out))
+    assert sum(len(ds[s]) for s in ds) == 19
+    expected = ["image", "sha256", "source_sha256", "width", "height", "captured_at", "camera_make", "camera_model",
+                "contributor", "licence", "perceptual_hash", "split"]
+    for split in ds:
+        assert list(ds[split].features) == expected
+        row = ds[split][0]
+        assert row["image"].size == (row["width"], row["height"]) or row["image"].size == (row["height"], row["width"])
+    first_line = next((out / s / "metadata.jsonl") for s in ("train", "validation", "test") if (out / s / "metadata.jsonl").exists()).read_text().splitlines()[0]
+    assert first_line.startswith('{"file_name": ')
+    card = (out / "README.md").read_text()
+    assert "CC BY 4.0" in card and "| train |" in card
+
+
+def test_checksums_privacy_and_untouched_pixels(svc, runner, collection, tmp_path):
+    out = tmp_path / "ds"
+    run_export(runner, out)
+    sums = dict(reversed(line.split("  ", 1)) for line in (out / "SHA256SUMS").read_text().splitlines())
+    rows = manifest_rows(out)
+    assert len(rows) == 19 and "README.md" in sums
+    for rel, digest in sums.items():
+        assert hashlib.sha256((out / rel).read_bytes()).hexdigest() == digest, rel
+    emails = set(PEOPLE)
+    for row in rows:
+        path = out / row["_dir"] / row["file_name"]
+        data = path.read_bytes()
+        assert row["sha256"] == hashlib.sha256(data).hexdigest()
+        assert row["contributor"] not in emails and "@" not in json.dumps(row)
+        assert row["captured_at"] == "" or len(row["captured_at"]) == 19
+        tags = exifread.process_file(io.BytesIO(data), details=False)
+        assert not any(k.startswith("GPS") for k in tags), row["file_name"]
+        assert not any(k in tags for k in ("EXIF MakerNote", "Image ImageDescription", "EXIF BodySerialNumber", "JPEGThumbnail"))
+        with Image.open(io.BytesIO(data)) as im:
+            assert "xmp" not in im.info and "comment" not in im.info
+        with svc.storage.open(f"originals/{row['source_sha256'][:2]}/{row['source_sha256'][2:4]}/{row['source_sha256']}.jpg"
+                              if data[:2] == b"\xff\xd8" and row["camera_model"] != "iPhone 11 Pro Max" else
+                              f"thumbs/{row['source_sha256'][:2]}/{row['source_sha256'][2:4]}/{row['source_sha256']}.jpg") as fh:
+            original = fh.read()
+        if data[:2] == b"\xff\xd8" and row["camera_model"] != "iPhone 11 Pro Max":
+            assert privacy.scan_data(data) == privacy.scan_data(original), row["file_name"]  # byte-identical scans
+
+
+def test_gps_kept_only_when_asked(runner, collection, tmp_path):
+    out = tmp_path / "private"
+    run_export(runner, out, "--keep-gps", "--format", "csv")
+    rows = csv_rows(out / "manifest.csv")
+    jst = next(r for r in rows if r["camera_model"] == "iPhone 5")
+    tags = exifread.process_file(io.BytesIO((out / jst["file_name"]).read_bytes()), details=False)
+    assert str(tags["GPS GPSLatitudeRef"]) == "S"
+
+
+def test_orientation_and_heic(runner, collection, tmp_path):
+    out = tmp_path / "ds"
+    run_export(runner, out, "--format", "csv")
+    rows = csv_rows(out / "manifest.csv")
+    rot = next(r for r in rows if r["source_sha256"] and (out / r["file_name"]).exists() and
+               exifread.process_file(io.BytesIO((out / r["file_name"]).read_bytes()), details=False).get("Image Orientation") is not None)
+    with Image.open(out / rot["file_name"]) as im:
+        from PIL import ImageOps
+
+        shown = ImageOps.exif_transpose(im)
+        assert shown.size == (int(rot["width"]), int(rot["height"]))
+    heic = next(r for r in rows if r["camera_model"] == "iPhone 11 Pro Max")
+    assert heic["file_name"].endswith(".jpg")
+    with Image.open(out / heic["file_name"]) as im:
+        assert im.format == "JPEG" and im.size == (int(heic["width"]), int(heic["height"]))
+
+
+def test_splits_keep_contributors_and_near_duplicates_together(svc, make_user, submit, runner, tmp_path):
+    svc.settings["NEAR_DUPLICATE_DISTANCE"] = 0  # let near-copies in, to see them grouped
+    people = [make_user(f"p{i}@example.com", f"P{i}") for i in range(12)]
+    from .synthetic import plate_photo
+
+    for i, person in enumerate(people):
+        for j in range(3):
+            assert submit(person, plate_photo(i * 10 + j, (960, 720))).accepted
+    # person 11 sends a re-encode of person 0's first photo: a near-duplicate pair across people
+    from PIL import ImageEnhance
+
+    copy = images.encode(ImageEnhance.Brightness(images.load_bytes(plate_photo(0, (960, 720)))).enhance(1.3), quality=60)
+    v = submit(people[11], copy)
+    assert v.accepted, v.message
+    out = tmp_path / "ds"
+    run_export(runner, out, "--split", "50/25/25")
+    rows = manifest_rows(out)
+    by_person: dict[str, set] = {}
+    for r in rows:
+        by_person.setdefault(r["contributor"], set()).add(r["_dir"])
+        assert r["split"] == r["_dir"]
+    assert all(len(s) == 1 for s in by_person.values())
+    assert {r["_dir"] for r in rows} == {"train", "validation", "test"}
+    close = [(a, b) for a in rows for b in rows if a is not b and dedup.distance(a["perceptual_hash"], b["perceptual_hash"]) <= 31]
+    assert close and all(a["_dir"] == b["_dir"] for a, b in close)
+    # deterministic: the same data gives the same splits
+    run_export(runner, tmp_path / "again", "--split", "50/25/25")
+    assert sorted((r["file_name"], r["_dir"]) for r in manifest_rows(tmp_path / "again")) == sorted((r["file_name"], r["_dir"]) for r in rows)
+
+
+def test_incremental_rerun_and_review_rejection(svc, runner, collection, submit, tmp_path):
+    out = tmp_path / "ds"
+    run_export(runner, out)
+    r = run_export(runner, out)
+    assert "written: 0, unchanged: 19, removed: 0" in r.stderr
+    victim = manifest_rows(out)[0]
+    with svc.db.write_transaction(lock=False) as tx:
+        tx.execute(update(Photo).where(Photo.sha256 == victim["source_sha256"]).values(status="rejected"))
+    assert submit(collection["dev@example.com"], plate("us/f8fc5e59-9083-466b-ae3f-6b869a0b257b.jpg")).accepted
+    r = run_export(runner, out)
+    assert "written: 1, unchanged: 18, removed: 1" in r.stderr
+    assert not (out / victim["_dir"] / victim["file_name"]).exists()
+    assert victim["source_sha256"] not in (out / "SHA256SUMS").read_text()
+    assert len(manifest_rows(out)) == 19
+
+
+def test_flagged_only_with_the_flag(svc, runner, collection, tmp_path):
+    with svc.db.write_transaction(lock=False) as tx:
+        tx.execute(update(Photo).where(Photo.camera_model == "iPhone 5").values(status="flagged"))
+    assert len(manifest_rows(run_export(runner, tmp_path / "a") and tmp_path / "a")) == 17
+    run_export(runner, tmp_path / "b", "--include-flagged")
+    assert len(manifest_rows(tmp_path / "b")) == 19
+
+
+def test_interrupted_run_leaves_the_previous_export_readable(svc, runner, collection, submit, tmp_path, monkeypatch):
+    out = tmp_path / "ds"
+    run_export(runner, out)
+    before = (out / "SHA256SUMS").read_text()
+    submit(collection["dev@example.com"], plate("us/f8fc5e59-9083-466b-ae3f-6b869a0b257b.jpg"))
+    real_open = svc.storage.open
+    calls = {"n": 0}
+
+    def failing_open(key):
+        calls["n"] += 1
+        raise OSError("disk unplugged")
+
+    monkeypatch.setattr(svc.storage, "open", failing_open)
+    r = runner.invoke(args=["export", str(out)])
+    assert r.exit_code != 0 and calls["n"] == 1
+    monkeypatch.setattr(svc.storage, "open", real_open)
+    assert (out / "SHA256SUMS").read_text() == before
+    for line in before.splitlines():
+        digest, rel = line.split("  ", 1)
+        assert hashlib.sha256((out / rel).read_bytes()).hexdigest() == digest
+    assert not list(out.rglob(".tmp-*"))
+
+
+def test_since_writes_a_delta(svc, runner, collection, tmp_path):
+    import datetime as dt
+
+    with svc.db.write_transaction(lock=False) as tx:
+        tx.execute(update(Photo).values(created_at=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)))
+        tx.execute(update(Photo).where(Photo.camera_model == "iPhone 5").values(created_at=dt.datetime(2026, 3, 1, tzinfo=dt.timezone.utc)))
+    run_export(runner, tmp_path / "delta", "--since", "2026-02-01", "--format", "csv")
+    assert len(csv_rows(tmp_path / "delta" / "manifest.csv")) == 2
+
+
+def test_coco_format(runner, collection, tmp_path):
+    out = tmp_path / "coco"
+    run_export(runner, out, "--format", "coco")
+    coco = json.loads((out / "annotations.json").read_text())
+    assert coco["categories"] == [{"id": 1, "name": "licence_plate", "supercategory": "vehicle"}]
+    assert coco["annotations"] == [] and len(coco["images"]) == 19
+    img = coco["images"][0]
+    assert {"id", "file_name", "width", "height", "date_captured"} <= set(img)
+    assert (out / img["file_name"]).is_file()
+
+
+def test_dry_run_writes_nothing_and_bad_split_is_refused(runner, collection, tmp_path):
+    r = runner.invoke(args=["export", str(tmp_path / "x"), "--dry-run"])
+    assert r.exit_code == 0 and "DRY RUN" in r.stderr and not (tmp_path / "x").exists()
+    r = runner.invoke(args=["export", str(tmp_path / "x"), "--split", "80/30/10"])
+    assert r.exit_code != 0 and "adding up to 100" in r.output
