@@ -14,7 +14,7 @@ from flask_wtf.csrf import CSRFError, validate_csrf
 from sqlalchemy import select
 from wtforms import ValidationError
 
-from . import accounts, services
+from . import accounts, reports, services
 from .credits import progress_of
 from .intake import describe_photo
 from .models import Photo, UploadRejection
@@ -117,6 +117,8 @@ def me():
                     "id": p.id,
                     "sha256": p.sha256,
                     "status": p.status,
+                    "review_reason": p.review_reason,
+                    "review_note": p.review_note,
                     "filename": p.original_filename,
                     "uploaded_at": p.created_at.isoformat(),
                     "metadata": describe_photo(p),
@@ -129,3 +131,12 @@ def me():
             ],
         }
     )
+
+
+@bp.route("/stats", methods=["GET"])
+@authenticated
+def stats():
+    if not g.api_user.is_organiser:
+        return api_error(403, "forbidden", "Only organisers can see the statistics.")
+    svc = services()
+    return jsonify(reports.stats(svc.db.session, svc.settings["QUOTA"]))

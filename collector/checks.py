@@ -23,6 +23,7 @@ MESSAGES: dict[str, str] = {
     "metadata_policy": "{why}",
     "duplicate": "This exact photo has already been uploaded by someone else. Each photo counts once; take a photo of another plate.",
     "near_duplicate": "This is the same picture as a photo already in the collection{whose} (re-saved, resized, recoloured or rotated). Take a photo of another plate.",
+    "rejected_in_review": "This photo was rejected by the organisers in review, so it cannot count again. Take a photo of another plate.",
     "quota_cap": "You already have {max_photos} accepted photos, the most one person can add. Thank you!",
     "storage_unavailable": "The photo could not be saved just now. Nothing was kept; please try again in a minute.",
     "already_uploaded": "You had already uploaded this photo; it still counts once.",
@@ -35,8 +36,12 @@ class Rejection:
     message: str
 
 
-def reject(code: str, **details: Any) -> Rejection:
-    return Rejection(code, MESSAGES[code].format(**details))
+# Message keys that are variants of a stable reason code.
+CODE_OF = {"rejected_in_review": "duplicate"}
+
+
+def reject(key: str, **details: Any) -> Rejection:
+    return Rejection(CODE_OF.get(key, key), MESSAGES[key].format(**details))
 
 
 def check_format(fmt: str | None, other: str | None) -> Rejection | None:

@@ -11,7 +11,7 @@ import click
 from flask import Flask
 from flask.cli import AppGroup, with_appcontext
 
-from . import accounts, integrity, services
+from . import accounts, integrity, reports, services
 from . import export as export_mod
 
 users = AppGroup("users", help="Manage accounts.")
@@ -169,6 +169,22 @@ def export_dataset(out_dir: Path, fmt: str, split: str, since, include_flagged: 
     )
 
 
+@click.command("stats")
+@click.option("--json", "as_json", is_flag=True, help="Print the numbers as JSON.")
+@with_appcontext
+def stats_command(as_json: bool) -> None:
+    """The dashboard's headline numbers."""
+    svc = services()
+    numbers = reports.stats(svc.db.session, svc.settings["QUOTA"])
+    if as_json:
+        click.echo(json.dumps(numbers, indent=2))
+        return
+    for key in ("contributors", "paid", "in_progress", "not_started", "checked_in", "photos_accepted", "rejected_attempts"):
+        click.echo(f"{key.replace('_', ' '):<20} {numbers[key]}")
+    for code, n in numbers["rejected_by_code"].items():
+        click.echo(f"  {code:<18} {n}")
+
+
 @db_group.command("upgrade")
 def upgrade() -> None:
     """Apply database migrations (create_app already does this at start-up)."""
@@ -182,3 +198,4 @@ def init_app(app: Flask) -> None:
     app.cli.add_command(db_group)
     app.cli.add_command(storage_check)
     app.cli.add_command(export_dataset)
+    app.cli.add_command(stats_command)

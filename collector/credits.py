@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from itsdangerous import BadSignature, URLSafeSerializer
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from .models import User
+from .models import User, utcnow
 
 
 @dataclass(frozen=True)
@@ -30,3 +33,66 @@ class Progress:
 def progress_of(session: Session, user_id: int, quota: int) -> Progress:
     accepted = session.scalar(select(User.accepted_count).where(User.id == user_id)) or 0
     return Progress(accepted, quota)
+
+
+# -- the meetup pass ------------------------------------------------------------------------
+
+PASS_SALT = "meetup-pass"
+CODE_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZ"  # no 0/O, 1/I: read out loud at the door
+
+
+def pass_token(secret: str, user_id: int) -> str:
+    """Signed with the app's secret: names the contributor, cannot be forged or guessed."""
+    return URLSafeSerializer(secret, salt=PASS_SALT).dumps({"u": user_id})
+
+
+def user_id_from_token(secret: str, token: str) -> int | None:
+    try:
+        data = URLSafeSerializer(secret, salt=PASS_SALT).loads(token)
+        return int(data["u"])
+    except (BadSignature, KeyError, TypeError, ValueError):
+        return None
+
+
+def short_code(secret: str, user_id: int) -> str:
+    digest = hmac.new(secret.encode(), f"pass-code:{user_id}".encode(), hashlib.sha256).digest()
+    chars = [CODE_ALPHABET[b % len(CODE_ALPHABET)] for b in digest[:8]]
+    return "".join(chars[:4]) + "-" + "".join(chars[4:])
+
+
+def ensure_pass_code(db, secret: str, user_id: int) -> str:
+    code = short_code(secret, user_id)
+    with db.write_transaction(lock=False) as tx:
+        user = tx.get(User, user_id)
+        if user.pass_code != code:
+            user.pass_code = code
+    return code
+
+
+@dataclass(frozen=True)
+class PassCheck:
+    user: User | None
+    valid: bool
+    reason: str
+    checked_in_at: object = None
+    checked_in_by: str | None = None
+
+
+def check_pass(session, user_id: int | None, quota: int) -> PassCheck:
+    user = session.get(User, user_id) if user_id else None
+    if user is None:
+        return PassCheck(None, False, "This pass is not one of ours: it was forged, altered or mistyped.")
+    by = session.get(User, user.checked_in_by_id).name if user.checked_in_by_id else None
+    if user.accepted_count < quota:
+        return PassCheck(user, False, f"Only {user.accepted_count} of {quota} photos are accepted now "
+                                      "(photos were rejected in review).", user.checked_in_at, by)
+    return PassCheck(user, True, f"{user.accepted_count} accepted photos.", user.checked_in_at, by)
+
+
+def check_in(db, user_id: int, organiser_id: int, quota: int) -> bool:
+    """Record the check-in once; False if already checked in or not valid."""
+    with db.write_transaction(lock=False) as tx:
+        return bool(tx.execute(
+            update(User).where(User.id == user_id, User.checked_in_at.is_(None), User.accepted_count >= quota)
+            .values(checked_in_at=utcnow(), checked_in_by_id=organiser_id)
+        ).rowcount)

@@ -252,6 +252,8 @@ class Intake:
     def _exact_or_quota(self, session, user_id: int, sha256: str) -> Verdict | None:
         existing = session.execute(select(Photo).where(Photo.sha256 == sha256)).scalar_one_or_none()
         if existing is not None:
+            if existing.status == "rejected":  # refused in review: its bytes stay blocked for everyone
+                return self._rejected(user_id, reject("rejected_in_review"), sha256)
             if existing.user_id == user_id:
                 # A retry after a lost response: the same answer, no second credit.
                 return Verdict(

@@ -55,8 +55,12 @@ class User(Base):
     consented_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     # Kept in the same transaction as every photo row that changes it; see credits.py.
-    accepted_count: Mapped[int] = mapped_column(Integer, default=0)
-    last_upload_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    accepted_count: Mapped[int] = mapped_column(Integer, default=0, index=True)
+    last_upload_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, index=True)
+    # The meetup pass: a short code people can read out at the door, and the check-in.
+    pass_code: Mapped[str | None] = mapped_column(String(12), unique=True, index=True)
+    checked_in_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, index=True)
+    checked_in_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
 
     photos: Mapped[list[Photo]] = relationship(back_populates="user", order_by="Photo.id.desc()")
 
@@ -120,10 +124,32 @@ class Photo(Base):
     # Distance to the nearest other photo found at intake (None: none within the index radius).
     nearest_distance: Mapped[int | None] = mapped_column(Integer)
     original_filename: Mapped[str] = mapped_column(String(255))
-    status: Mapped[str] = mapped_column(String(20), default="accepted")
+    # accepted | flagged (kept, credited, worth a look) | rejected (in review: no credit, bytes blocked)
+    status: Mapped[str] = mapped_column(String(20), default="accepted", index=True)
+    review_reason: Mapped[str | None] = mapped_column(String(40))
+    review_note: Mapped[str | None] = mapped_column(String(500))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
 
     user: Mapped[User] = relationship(back_populates="photos")
+    actions: Mapped[list[ReviewAction]] = relationship(order_by="ReviewAction.id")
+
+    __table_args__ = (Index("ix_photos_user_status", "user_id", "status"),)
+
+
+class ReviewAction(Base):
+    """The audit log of review: who did what to which photo, when and why."""
+
+    __tablename__ = "review_actions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    photo_id: Mapped[int] = mapped_column(ForeignKey("photos.id", ondelete="CASCADE"), index=True)
+    organiser_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    action: Mapped[str] = mapped_column(String(20))  # reject | restore | flag
+    reason: Mapped[str | None] = mapped_column(String(40))
+    note: Mapped[str | None] = mapped_column(String(500))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    organiser: Mapped[User] = relationship()
 
 
 class HashBand(Base):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, abort, render_template, request, send_file
+from flask import Blueprint, abort, render_template, request, send_file, url_for
 from flask_login import current_user, login_required
 from sqlalchemy import select
 
@@ -11,6 +11,7 @@ from .auth import EmptyForm
 from .credits import progress_of
 from .imaging import MIME_TYPES
 from .models import Photo, UploadRejection
+from .review import REASONS
 
 bp = Blueprint("pages", __name__)
 
@@ -36,6 +37,24 @@ def upload():
     return render_template("upload.html", progress=progress, verdicts=verdicts, form=EmptyForm(), max_files=MAX_FORM_FILES)
 
 
+@bp.route("/pass")
+@login_required
+def meetup_pass():
+    import segno
+
+    from . import credits
+
+    svc = services()
+    progress = svc.intake.progress(current_user.id)
+    if not progress.complete:
+        return render_template("pass.html", progress=progress, qr=None, code=None)
+    secret = svc.settings["SECRET_KEY"]
+    code = credits.ensure_pass_code(svc.db, secret, current_user.id)
+    url = url_for("dashboard.checkin", token=credits.pass_token(secret, current_user.id), _external=True)
+    qr = segno.make(url, error="m").svg_inline(scale=6, dark="#111", light="#fff", title="Meetup pass")
+    return render_template("pass.html", progress=progress, qr=qr, code=code)
+
+
 @bp.route("/photos")
 @login_required
 def photos():
@@ -49,7 +68,7 @@ def photos():
         .limit(200)
     ).all()
     progress = progress_of(session, current_user.id, svc.settings["QUOTA"])
-    return render_template("photos.html", photos=mine, rejected=rejected, progress=progress)
+    return render_template("photos.html", photos=mine, rejected=rejected, progress=progress, reasons=REASONS)
 
 
 def _visible_photo(photo_id: int) -> Photo:

@@ -1,0 +1,174 @@
+"""Organisers: dashboard, contributors, review, and the door check-in. Thin views."""
+
+from __future__ import annotations
+
+from functools import wraps
+
+from flask import Blueprint, Response, abort, flash, redirect, render_template, request, url_for
+from flask_login import current_user, login_required
+from sqlalchemy import func, or_, select
+
+from . import credits, reports, review, services
+from .auth import EmptyForm
+from .models import Photo, UploadRejection, User
+
+bp = Blueprint("dashboard", __name__)
+
+
+def organiser_required(view):
+    """Anonymous visitors go to the log-in page; attendees get 403."""
+
+    @wraps(view)
+    @login_required
+    def wrapper(*args, **kwargs):
+        if not current_user.is_organiser:
+            abort(403)
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+def _int_arg(name: str, default: int = 1) -> int:
+    try:
+        return max(int(request.args.get(name, default)), 1)
+    except ValueError:
+        return default
+
+
+def _contributor_query() -> reports.ContributorQuery:
+    state = request.args.get("state", "")
+    sort = request.args.get("sort", "accepted")
+    return reports.ContributorQuery(
+        q=request.args.get("q", "")[:100],
+        state=state if state in reports.STATES else "",
+        sort=sort if sort in reports.SORTS else "accepted",
+        page=_int_arg("page"),
+    )
+
+
+@bp.route("/dashboard")
+@organiser_required
+def index():
+    svc = services()
+    session = svc.db.session
+    quota = svc.settings["QUOTA"]
+    cq = _contributor_query()
+    users, total = reports.contributors(session, quota, cq)
+    series, before = reports.accepted_per_hour(session)
+    return render_template(
+        "dashboard.html", stats=reports.stats(session, quota), users=users, total=total, cq=cq,
+        pages=max((total + cq.per_page - 1) // cq.per_page, 1), chart=reports.chart_svg(series, before),
+        states=reports.STATES, sorts=reports.SORTS, quota=quota,
+    )
+
+
+@bp.route("/dashboard/contributors.csv")
+@organiser_required
+def contributors_csv():
+    svc = services()
+    body = reports.contributors_csv(svc.db.session, svc.settings["QUOTA"], _contributor_query())
+    return Response(body, mimetype="text/csv", headers={"Content-Disposition": "attachment; filename=contributors.csv"})
+
+
+@bp.route("/dashboard/contributors/<int:user_id>")
+@organiser_required
+def contributor(user_id: int):
+    svc = services()
+    session = svc.db.session
+    user = session.get(User, user_id)
+    if user is None:
+        abort(404)
+    photos = session.scalars(select(Photo).where(Photo.user_id == user_id).order_by(Photo.id.desc())).all()
+    rejected = session.scalars(
+        select(UploadRejection).where(UploadRejection.user_id == user_id).order_by(UploadRejection.id.desc()).limit(500)
+    ).all()
+    check = credits.check_pass(session, user.id, svc.settings["QUOTA"])
+    token = credits.pass_token(svc.settings["SECRET_KEY"], user.id)
+    return render_template("contributor.html", person=user, photos=photos, rejected=rejected, check=check, token=token,
+                           code=credits.short_code(svc.settings["SECRET_KEY"], user.id), form=EmptyForm(), reasons=review.REASONS)
+
+
+@bp.route("/dashboard/review")
+@organiser_required
+def review_grid():
+    name = request.args.get("filter", "")
+    name = name if name in review.FILTERS else ""
+    page = _int_arg("page")
+    photos, total = review.review_page(services().db.session, name, page)
+    return render_template("review.html", photos=photos, total=total, page=page, pages=max((total + 47) // 48, 1),
+                           filter=name, filters=review.FILTERS, reasons=review.REASONS, form=EmptyForm())
+
+
+@bp.route("/dashboard/photos/<int:photo_id>")
+@organiser_required
+def photo(photo_id: int):
+    p = services().db.session.get(Photo, photo_id)
+    if p is None:
+        abort(404)
+    return render_template("photo.html", photo=p, reasons=review.REASONS, form=EmptyForm())
+
+
+def _back(photo_id: int):
+    target = request.form.get("next", "")
+    if target.startswith("/dashboard") and not target.startswith("//"):
+        return redirect(target)
+    return redirect(url_for("dashboard.photo", photo_id=photo_id))
+
+
+@bp.route("/dashboard/photos/<int:photo_id>/reject", methods=["POST"])
+@organiser_required
+def reject(photo_id: int):
+    if services().db.session.get(Photo, photo_id) is None:
+        abort(404)
+    try:
+        changed = review.reject(services().db, photo_id, current_user.id, request.form.get("reason", ""), request.form.get("note"))
+    except review.ReviewError as exc:
+        flash(str(exc), "error")
+    else:
+        flash("Photo rejected: the contributor's count went down by one." if changed else "That photo was already rejected.", "info")
+    return _back(photo_id)
+
+
+@bp.route("/dashboard/photos/<int:photo_id>/restore", methods=["POST"])
+@organiser_required
+def restore(photo_id: int):
+    if services().db.session.get(Photo, photo_id) is None:
+        abort(404)
+    changed = review.restore(services().db, photo_id, current_user.id, request.form.get("note"))
+    flash("Photo restored: it counts again." if changed else "That photo was not rejected.", "info")
+    return _back(photo_id)
+
+
+# -- the door ---------------------------------------------------------------------------------
+
+@bp.route("/checkin")
+@organiser_required
+def lookup():
+    svc = services()
+    q = request.args.get("q", "").strip()[:100]
+    people = []
+    if q:
+        like = f"%{q.lower()}%"
+        people = svc.db.session.scalars(
+            select(User).where(User.is_organiser.is_(False), or_(
+                func.lower(User.name).like(like), User.email.like(like), User.pass_code == q.upper().replace(" ", ""),
+            )).order_by(User.name).limit(20)
+        ).all()
+    secret = svc.settings["SECRET_KEY"]
+    return render_template("lookup.html", q=q, people=[(p, credits.pass_token(secret, p.id)) for p in people])
+
+
+@bp.route("/checkin/<token>", methods=["GET", "POST"])
+@organiser_required
+def checkin(token: str):
+    svc = services()
+    quota = svc.settings["QUOTA"]
+    user_id = credits.user_id_from_token(svc.settings["SECRET_KEY"], token)
+    just_now = False
+    if request.method == "POST" and user_id is not None:
+        form = EmptyForm()
+        if form.validate_on_submit():
+            just_now = credits.check_in(svc.db, user_id, current_user.id, quota)
+            svc.db.session.expire_all()
+    check = credits.check_pass(svc.db.session, user_id, quota)
+    return render_template("checkin.html", check=check, token=token, just_now=just_now, form=EmptyForm(), quota=quota)

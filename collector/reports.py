@@ -1,0 +1,153 @@
+"""What organisers see: headline numbers, the contributors table and accepted photos over time.
+Every figure is aggregated in the database, through indexes."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+from dataclasses import dataclass
+
+from sqlalchemy import case, func, or_, select
+
+from .models import Photo, UploadRejection, User, utcnow
+
+CREDITED = ("accepted", "flagged")
+STATES = {"paid": "Fee paid", "in_progress": "In progress", "not_started": "Not started", "checked_in": "Checked in"}
+SORTS = {"accepted": "Accepted photos", "last_upload": "Last upload", "name": "Name"}
+
+
+def stats(session, quota: int) -> dict:
+    attendee = User.is_organiser.is_(False)
+    row = session.execute(
+        select(
+            func.count(),
+            func.coalesce(func.sum(case((User.accepted_count >= quota, 1), else_=0)), 0),
+            func.coalesce(func.sum(case(((User.accepted_count > 0) & (User.accepted_count < quota), 1), else_=0)), 0),
+            func.coalesce(func.sum(case((User.accepted_count <= 0, 1), else_=0)), 0),
+            func.coalesce(func.sum(case((User.checked_in_at.is_not(None), 1), else_=0)), 0),
+        ).where(attendee)
+    ).one()
+    by_code = dict(session.execute(select(UploadRejection.code, func.count()).group_by(UploadRejection.code)).all())
+    review = dict(session.execute(
+        select(Photo.review_reason, func.count()).where(Photo.status == "rejected").group_by(Photo.review_reason)
+    ).all())
+    return {
+        "quota": quota,
+        "contributors": row[0],
+        "paid": int(row[1]),
+        "in_progress": int(row[2]),
+        "not_started": int(row[3]),
+        "checked_in": int(row[4]),
+        "photos_accepted": session.scalar(select(func.count()).select_from(Photo).where(Photo.status.in_(CREDITED))),
+        "rejected_attempts": sum(by_code.values()),
+        "rejected_by_code": dict(sorted(by_code.items(), key=lambda kv: -kv[1])),
+        "rejected_in_review": dict(sorted(((k or "other"), v) for k, v in review.items())),
+    }
+
+
+@dataclass
+class ContributorQuery:
+    q: str = ""
+    state: str = ""
+    sort: str = "accepted"
+    page: int = 1
+    per_page: int = 50
+
+
+def _contributors_select(quota: int, cq: ContributorQuery):
+    query = select(User).where(User.is_organiser.is_(False))
+    if cq.q:
+        like = f"%{cq.q.strip().lower()}%"
+        query = query.where(or_(func.lower(User.name).like(like), User.email.like(like)))
+    if cq.state == "paid":
+        query = query.where(User.accepted_count >= quota)
+    elif cq.state == "in_progress":
+        query = query.where(User.accepted_count > 0, User.accepted_count < quota)
+    elif cq.state == "not_started":
+        query = query.where(User.accepted_count <= 0)
+    elif cq.state == "checked_in":
+        query = query.where(User.checked_in_at.is_not(None))
+    order = {
+        "accepted": (User.accepted_count.desc(), User.id),
+        "last_upload": (User.last_upload_at.desc().nulls_last(), User.id),
+        "name": (User.name, User.id),
+    }.get(cq.sort, (User.accepted_count.desc(), User.id))
+    return query.order_by(*order)
+
+
+def contributors(session, quota: int, cq: ContributorQuery) -> tuple[list[User], int]:
+    query = _contributors_select(quota, cq)
+    total = session.scalar(select(func.count()).select_from(query.order_by(None).subquery()))
+    users = session.scalars(query.offset((cq.page - 1) * cq.per_page).limit(cq.per_page)).all()
+    return users, total
+
+
+def _safe_cell(value) -> str:
+    """Neutralise cells a spreadsheet would run as a formula."""
+    text = "" if value is None else str(value)
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+def contributors_csv(session, quota: int, cq: ContributorQuery) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["name", "email", "accepted", "paid", "last_upload", "checked_in_at", "registered"])
+    for u in session.scalars(_contributors_select(quota, cq)).yield_per(1000):
+        writer.writerow([_safe_cell(v) for v in (
+            u.name, u.email, u.accepted_count, "yes" if u.accepted_count >= quota else "no",
+            u.last_upload_at.isoformat(timespec="seconds") if u.last_upload_at else "",
+            u.checked_in_at.isoformat(timespec="seconds") if u.checked_in_at else "",
+            u.created_at.isoformat(timespec="seconds"),
+        )])
+    return buf.getvalue()
+
+
+def _hour_bucket(session, column):
+    if session.get_bind().dialect.name == "postgresql":
+        return func.to_char(func.date_trunc("hour", column), "YYYY-MM-DD HH24:00")
+    return func.strftime("%Y-%m-%d %H:00", column)
+
+
+def accepted_per_hour(session, hours: int = 48, now: dt.datetime | None = None) -> tuple[list[tuple[dt.datetime, int]], int]:
+    """(hour, photos accepted that hour) for the last ``hours`` hours, and the total before them."""
+    now = (now or utcnow()).replace(minute=0, second=0, microsecond=0)
+    start = now - dt.timedelta(hours=hours - 1)
+    bucket = _hour_bucket(session, Photo.created_at)
+    counts = dict(session.execute(
+        select(bucket, func.count()).where(Photo.created_at >= start, Photo.status.in_(CREDITED)).group_by(bucket)
+    ).all())
+    before = session.scalar(select(func.count()).select_from(Photo).where(Photo.created_at < start, Photo.status.in_(CREDITED)))
+    series = []
+    for i in range(hours):
+        hour = start + dt.timedelta(hours=i)
+        series.append((hour, int(counts.get(hour.strftime("%Y-%m-%d %H:00"), 0))))
+    return series, before
+
+
+def chart_svg(series: list[tuple[dt.datetime, int]], before: int, width: int = 720, height: int = 220) -> str:
+    """Bars per hour and a cumulative line, as inline SVG: no script, no CDN."""
+    pad_l, pad_b, pad_t = 40, 24, 12
+    w, h = width - pad_l - 8, height - pad_b - pad_t
+    top = max([c for _, c in series] + [1])
+    cumulative, total = [], before
+    for _, c in series:
+        total += c
+        cumulative.append(total)
+    ctop = max(cumulative + [1])
+    bw = w / max(len(series), 1)
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" role="img" '
+             f'aria-label="Accepted photos per hour over the last {len(series)} hours; {total} in all" class="chart">']
+    for i, (hour, c) in enumerate(series):
+        bh = h * c / top
+        x = pad_l + i * bw
+        parts.append(f'<rect x="{x:.1f}" y="{pad_t + h - bh:.1f}" width="{max(bw - 1, 1):.1f}" height="{bh:.1f}" class="bar">'
+                     f'<title>{hour:%d %b %H:00} UTC: {c}</title></rect>')
+        if hour.hour % 6 == 0:
+            parts.append(f'<text x="{x:.1f}" y="{height - 6}" class="tick">{hour:%d %H}h</text>')
+    points = " ".join(f"{pad_l + (i + 0.5) * bw:.1f},{pad_t + h - h * v / ctop:.1f}" for i, v in enumerate(cumulative))
+    parts.append(f'<polyline points="{points}" class="cumulative" fill="none"/>')
+    parts.append(f'<text x="4" y="{pad_t + 10}" class="tick">{top}/h</text>')
+    parts.append(f'<text x="{width - 8}" y="{pad_t + 10}" text-anchor="end" class="tick cum">total {total}</text>')
+    parts.append("</svg>")
+    return "".join(parts)

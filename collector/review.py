@@ -1,0 +1,104 @@
+"""Organiser review: reject a photo (its credit goes down at once, its bytes stay blocked) or
+restore it, with every action kept in an audit log."""
+
+from __future__ import annotations
+
+from sqlalchemy import and_, exists, func, or_, select, update
+from sqlalchemy.orm import aliased
+
+from . import checks
+from .models import Photo, ReviewAction, User, utcnow
+
+REASONS = {
+    "not_a_plate": "Not a number plate",
+    "unreadable": "The plate cannot be read",
+    "inappropriate": "Inappropriate content",
+    "duplicate": "A duplicate of another photo",
+    "other": "Other",
+}
+CREDITED = ("accepted", "flagged")
+
+
+class ReviewError(ValueError):
+    pass
+
+
+def reject(db, photo_id: int, organiser_id: int, reason: str, note: str | None = None) -> bool:
+    """True when the photo went from credited to rejected (and its contributor lost a credit)."""
+    note = (note or "").strip()[:500] or None
+    if reason not in REASONS:
+        raise ReviewError(f"unknown reason {reason!r}")
+    if reason == "other" and not note:
+        raise ReviewError("Say why in the note when the reason is 'other'.")
+    with db.write_transaction(lock=False) as tx:
+        # Conditional update: two organisers rejecting at once take one credit, not two.
+        changed = tx.execute(
+            update(Photo).where(Photo.id == photo_id, Photo.status.in_(CREDITED))
+            .values(status="rejected", review_reason=reason, review_note=note)
+        ).rowcount
+        if changed:
+            user_id = tx.scalar(select(Photo.user_id).where(Photo.id == photo_id))
+            tx.execute(update(User).where(User.id == user_id).values(accepted_count=User.accepted_count - 1))
+            tx.add(ReviewAction(photo_id=photo_id, organiser_id=organiser_id, action="reject", reason=reason, note=note))
+        return bool(changed)
+
+
+def restore(db, photo_id: int, organiser_id: int, note: str | None = None) -> bool:
+    note = (note or "").strip()[:500] or None
+    with db.write_transaction(lock=False) as tx:
+        changed = tx.execute(
+            update(Photo).where(Photo.id == photo_id, Photo.status == "rejected")
+            .values(status="accepted", review_reason=None, review_note=None)
+        ).rowcount
+        if changed:
+            user_id = tx.scalar(select(Photo.user_id).where(Photo.id == photo_id))
+            tx.execute(update(User).where(User.id == user_id).values(accepted_count=User.accepted_count + 1))
+            tx.add(ReviewAction(photo_id=photo_id, organiser_id=organiser_id, action="restore", note=note))
+        return bool(changed)
+
+
+# "Worth a look" filters for the review grid; each is a SQL condition on Photo.
+def _burst(dialect: str):
+    other = aliased(Photo)
+    if dialect == "postgresql":
+        gap = func.abs(func.extract("epoch", other.captured_at - Photo.captured_at))
+    else:
+        gap = func.abs(func.julianday(other.captured_at) - func.julianday(Photo.captured_at)) * 86400
+    return exists().where(
+        and_(other.user_id == Photo.user_id, other.id != Photo.id, other.captured_at.is_not(None), gap <= 2)
+    ).where(Photo.captured_at.is_not(None))
+
+
+def filter_condition(name: str, dialect: str):
+    if name == "no_date":
+        return Photo.captured_at.is_(None)
+    if name == "borderline_quality":
+        return or_(Photo.sharpness < checks.MIN_SHARPNESS * 4, Photo.contrast < checks.MIN_CONTRAST * 3,
+                   Photo.brightness < checks.MIN_BRIGHTNESS * 2.5, Photo.brightness > 230)
+    if name == "near_threshold":
+        return Photo.nearest_distance.is_not(None)
+    if name == "burst":
+        return _burst(dialect)
+    if name == "rejected":
+        return Photo.status == "rejected"
+    return None
+
+
+FILTERS = {
+    "": "All photos",
+    "no_date": "No capture date",
+    "borderline_quality": "Borderline quality",
+    "near_threshold": "Close to another photo",
+    "burst": "Taken in a burst (within 2 s)",
+    "rejected": "Rejected in review",
+}
+
+
+def review_page(session, filter_name: str, page: int, per_page: int = 48):
+    query = select(Photo).order_by(Photo.id.desc())
+    cond = filter_condition(filter_name, session.get_bind().dialect.name)
+    if cond is not None:
+        query = query.where(cond)
+    total = session.scalar(select(func.count()).select_from(query.order_by(None).subquery()))
+    photos = session.scalars(query.offset((page - 1) * per_page).limit(per_page)).all()
+    return photos, total

@@ -1,0 +1,197 @@
+"""Organisers: role boundaries, dashboard numbers, review that moves credit, pass and door."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+
+import pytest
+
+from collector import accounts, credits
+
+from .conftest import Auth, multipart, plate
+
+PHOTOS = ["us/us7.jpg", "eu/eu7.jpg", "br/JST2699.jpg"]
+
+
+@pytest.fixture
+def world(app, svc, make_user):
+    """An organiser, an attendee at the quota (3) and another attendee with one photo."""
+    svc.settings["QUOTA"] = 3
+    org = make_user("org@example.com", "Olga", organiser=True)
+    ann = make_user("ann@example.com", "Ann")
+    bob = make_user("bob@example.com", "=HYPERLINK(\"http://x\")")
+    photos = [svc.intake.submit(ann.id, io.BytesIO(plate(r).read_bytes()), r.split("/")[-1]) for r in PHOTOS]
+    bob_photo = svc.intake.submit(bob.id, io.BytesIO(plate("us/car9-2.jpg").read_bytes()), "bob.jpg")
+    svc.intake.submit(bob.id, io.BytesIO(b"not a photo"), "notes.txt")
+    assert all(p.accepted for p in photos) and bob_photo.accepted
+    return {"org": org, "ann": ann, "bob": bob, "photo": photos[0].photo_id, "bob_photo": bob_photo.photo_id}
+
+
+def client_as(app, who):
+    c = app.test_client()
+    if who is not None:
+        Auth(c).login(who.email)
+    return c
+
+
+def csrf(c):
+    return re.search(r'name="csrf-token" content="([^"]+)"', c.get("/").get_data(as_text=True)).group(1)
+
+
+ROUTES = [
+    ("GET", "/dashboard"),
+    ("GET", "/dashboard/contributors.csv"),
+    ("GET", "/dashboard/contributors/{ann}"),
+    ("GET", "/dashboard/review"),
+    ("GET", "/dashboard/review?filter=no_date"),
+    ("GET", "/dashboard/photos/{photo}"),
+    ("POST", "/dashboard/photos/{photo}/reject"),
+    ("POST", "/dashboard/photos/{photo}/restore"),
+    ("GET", "/checkin"),
+    ("GET", "/checkin/{token}"),
+    ("POST", "/checkin/{token}"),
+]
+
+
+@pytest.mark.parametrize("method, route", ROUTES)
+@pytest.mark.parametrize("role", ["anonymous", "attendee", "other_attendee", "organiser"])
+def test_role_matrix(app, svc, world, method, route, role):
+    token = credits.pass_token(svc.settings["SECRET_KEY"], world["ann"].id)
+    url = route.format(ann=world["ann"].id, photo=world["photo"], token=token)
+    who = {"anonymous": None, "attendee": world["ann"], "other_attendee": world["bob"], "organiser": world["org"]}[role]
+    c = client_as(app, who)
+    data = {"csrf_token": csrf(c), "reason": "other", "note": "matrix"} if method == "POST" else None
+    r = c.open(url, method=method, data=data)
+    if role == "anonymous":
+        assert r.status_code == 302 and "/login" in r.headers["Location"]
+    elif role in ("attendee", "other_attendee"):
+        assert r.status_code == 403
+    else:
+        assert r.status_code in (200, 302)
+
+
+@pytest.mark.parametrize("role, own, status", [
+    ("anonymous", None, 302), ("attendee", True, 200), ("other_attendee", False, 404), ("organiser", False, 200),
+])
+def test_photo_files_visibility(app, world, role, own, status):
+    who = {"anonymous": None, "attendee": world["ann"], "other_attendee": world["bob"], "organiser": world["org"]}[role]
+    c = client_as(app, who)
+    for kind in ("thumb", "file"):
+        with c.get(f"/photos/{world['photo']}/{kind}") as r:
+            assert r.status_code == status
+
+
+def test_stats_api_needs_an_organiser_token(app, svc, world):
+    c = app.test_client()
+    attendee = accounts.create_token(svc.db, world["ann"].id).token
+    assert c.get("/api/v1/stats", headers={"Authorization": f"Bearer {attendee}"}).status_code == 403
+    assert c.get("/api/v1/stats").status_code == 401
+
+
+def test_numbers_agree_everywhere(app, svc, world, runner):
+    org_token = accounts.create_token(svc.db, world["org"].id).token
+    api = app.test_client().get("/api/v1/stats", headers={"Authorization": f"Bearer {org_token}"}).json
+    cli = json.loads(runner.invoke(args=["stats", "--json"]).stdout)
+    assert api == cli
+    assert (api["contributors"], api["paid"], api["in_progress"], api["not_started"]) == (2, 1, 1, 0)
+    assert api["photos_accepted"] == 4 and api["rejected_attempts"] == 1 and api["rejected_by_code"] == {"not_an_image": 1}
+    html = client_as(app, world["org"]).get("/dashboard").get_data(as_text=True)
+    assert 'id="n-paid">1<' in html and 'id="n-accepted">4<' in html and 'id="n-rejected">1<' in html
+    assert "<svg" in html and "<polyline" in html and "not_an_image" in html
+
+
+def test_review_rejection_moves_credit_and_pass_then_restore(app, svc, world):
+    org = client_as(app, world["org"])
+    token = credits.pass_token(svc.settings["SECRET_KEY"], world["ann"].id)
+    assert "VALID" in org.get(f"/checkin/{token}").get_data(as_text=True)
+
+    r = org.post(f"/dashboard/photos/{world['photo']}/reject", data={"csrf_token": csrf(org), "reason": "not_a_plate", "note": "a cat"})
+    assert r.status_code == 302
+    ann = client_as(app, world["ann"])
+    me = ann.get("/api/v1/me", headers={}).json
+    assert me["progress"] == {"accepted": 2, "quota": 3, "complete": False}
+    html = org.get(f"/checkin/{token}").get_data(as_text=True)
+    assert "NOT VALID" in html and "Only 2 of 3" in html and "Check in</button>" not in html
+    assert "Not a number plate" in ann.get("/photos").get_data(as_text=True)
+    log = org.get(f"/dashboard/photos/{world['photo']}").get_data(as_text=True)
+    assert "Olga" in log and "reject" in log and "a cat" in log
+    stats = json.loads(app.test_cli_runner().invoke(args=["stats", "--json"]).stdout)
+    assert stats["paid"] == 0 and stats["photos_accepted"] == 3 and stats["rejected_in_review"] == {"not_a_plate": 1}
+
+    # its bytes stay blocked: neither the owner nor anyone else earns credit with them again
+    data = plate(PHOTOS[0]).read_bytes()
+    assert svc.intake.submit(world["ann"].id, io.BytesIO(data), "again.jpg").code == "duplicate"
+    assert svc.intake.submit(world["bob"].id, io.BytesIO(data), "again.jpg").code == "duplicate"
+
+    # a second rejection does not take a second credit
+    org.post(f"/dashboard/photos/{world['photo']}/reject", data={"csrf_token": csrf(org), "reason": "unreadable"})
+    assert client_as(app, world["ann"]).get("/api/v1/me").json["progress"]["accepted"] == 2
+
+    org.post(f"/dashboard/photos/{world['photo']}/restore", data={"csrf_token": csrf(org)})
+    assert client_as(app, world["ann"]).get("/api/v1/me").json["progress"]["accepted"] == 3
+    assert "NOT VALID" not in org.get(f"/checkin/{token}").get_data(as_text=True)
+
+
+def test_other_reason_needs_a_note(app, world):
+    org = client_as(app, world["org"])
+    r = org.post(f"/dashboard/photos/{world['photo']}/reject", data={"csrf_token": csrf(org), "reason": "other"}, follow_redirects=True)
+    assert "Say why" in r.get_data(as_text=True)
+    assert client_as(app, world["ann"]).get("/api/v1/me").json["progress"]["accepted"] == 3
+
+
+def test_pass_checks_in_once(app, svc, world):
+    ann = client_as(app, world["ann"])
+    page = ann.get("/pass").get_data(as_text=True)
+    assert "<svg" in page
+    code = re.search(r'class="pass-code">([A-Z0-9-]+)<', page).group(1)
+    assert code == credits.short_code(svc.settings["SECRET_KEY"], world["ann"].id)
+    bob = client_as(app, world["bob"]).get("/pass").get_data(as_text=True)
+    assert "<svg" not in bob and "once 3 of your photos" in bob
+
+    org = client_as(app, world["org"])
+    found = org.get(f"/checkin?q={code.lower()}").get_data(as_text=True)
+    token = re.search(r'href="/checkin/([^"]+)"', found).group(1)
+    r = org.post(f"/checkin/{token}", data={"csrf_token": csrf(org)})
+    assert "Checked in now" in r.get_data(as_text=True)
+    again = org.get(f"/checkin/{token}").get_data(as_text=True)
+    assert "Already checked in at" in again and "by Olga" in again
+    assert org.post(f"/checkin/{token}", data={"csrf_token": csrf(org)}).get_data(as_text=True).count("Checked in now") == 0
+    assert json.loads(app.test_cli_runner().invoke(args=["stats", "--json"]).stdout)["checked_in"] == 1
+
+
+def test_forged_pass_is_not_valid(app, svc, world):
+    org = client_as(app, world["org"])
+    real = credits.pass_token(svc.settings["SECRET_KEY"], world["ann"].id)
+    forged = credits.pass_token("another secret", world["ann"].id)
+    for token in (forged, real[:-2] + "xx", "garbage"):
+        html = org.get(f"/checkin/{token}").get_data(as_text=True)
+        assert "NOT VALID" in html and "not one of ours" in html
+
+
+def test_contributors_table_search_filter_sort_and_csv(app, world):
+    org = client_as(app, world["org"])
+    html = org.get("/dashboard?q=ann").get_data(as_text=True)
+    assert "ann@example.com" in html and "bob@example.com" not in html
+    html = org.get("/dashboard?state=in_progress").get_data(as_text=True)
+    assert "bob@example.com" in html and "ann@example.com" not in html
+    html = org.get("/dashboard?sort=accepted").get_data(as_text=True)
+    assert html.index("ann@example.com") < html.index("bob@example.com")
+    body = org.get("/dashboard/contributors.csv").get_data(as_text=True)
+    rows = list(csv.reader(io.StringIO(body)))
+    assert rows[0][0] == "name" and {r[1] for r in rows[1:]} == {"ann@example.com", "bob@example.com"}
+    bob = next(r for r in rows if r[1] == "bob@example.com")
+    assert bob[0].startswith("'=")  # formula neutralised
+    detail = org.get(f"/dashboard/contributors/{world['bob'].id}").get_data(as_text=True)
+    assert "notes.txt" in detail and "not_an_image" in detail and "NOT VALID" in detail
+
+
+def test_review_filters(app, world):
+    org = client_as(app, world["org"])
+    html = org.get("/dashboard/review?filter=no_date").get_data(as_text=True)
+    assert f'id="photo-{world["photo"]}"' not in html  # us7 has a capture date
+    assert "1 photo" in html or "photos" in html
+    assert org.get("/dashboard/review?filter=burst").status_code == 200
+    assert org.get("/dashboard/review?filter=borderline_quality&page=2").status_code == 200
