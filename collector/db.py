@@ -87,9 +87,23 @@ class Database:
     def _upgrade(self) -> None:
         cfg = AlembicConfig()
         cfg.set_main_option("script_location", str(MIGRATIONS))
-        with self.engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
+        with self.engine.connect() as conn:
+            if self.is_sqlite:
+                # SQLite changes a table by copying it (Alembic's batch mode), which foreign
+                # keys would refuse; the pragma only takes effect outside a transaction, so it
+                # is set on the driver connection before SQLAlchemy begins one.
+                conn.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")
+            try:
+                with conn.begin():
+                    cfg.attributes["connection"] = conn
+                    command.upgrade(cfg, "head")
+                    if self.is_sqlite:
+                        broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                        if broken:
+                            raise RuntimeError(f"migration left rows with broken references: {broken[:5]}")
+            finally:
+                if self.is_sqlite:
+                    conn.connection.driver_connection.execute("PRAGMA foreign_keys=ON")
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -66,8 +66,10 @@ def nearest(session: Session, variants: list[str]) -> Match | None:
 
 def _closest(session: Session, variants: list[str], keys: list[int]) -> Match | None:
     best: Match | None = None
+    wanted = [int(v, 16) for v in variants]
     for photo_id, user_id, other in session.execute(_candidates_sql(session), {"keys": _keys_param(session, keys)}):
-        d = min(distance(v, other) for v in variants)
+        stored = int(other, 16)
+        d = min((stored ^ w).bit_count() for w in wanted)
         if d <= INDEX_RADIUS and (best is None or d < best.distance):
             best = Match(photo_id, user_id, d)
     return best

@@ -1,0 +1,57 @@
+"""Migrations carry existing data forward: an upgrade never loses what was stored before."""
+
+from __future__ import annotations
+
+import io
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import text
+
+from collector import create_app
+from collector.db import MIGRATIONS, Database
+
+from .conftest import plate
+
+
+def test_upgrade_from_the_first_revision_keeps_every_row(settings, database_url):
+    db = Database(database_url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with db.engine.connect() as conn:
+        if db.is_sqlite:
+            conn.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")
+        with conn.begin():
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "base") if _has_tables(conn) else None
+            command.upgrade(cfg, "0001")
+        with conn.begin():
+            conn.execute(text(
+                "INSERT INTO users (id, email, name, password_hash, is_organiser, licence, consented_at, created_at, accepted_count) "
+                "VALUES (1, 'old@example.com', 'Old', 'x', false, 'CC BY 4.0', '2026-01-01', '2026-01-01', 1)"))
+            conn.execute(text(
+                "INSERT INTO photos (user_id, sha256, storage_key, thumb_key, format, size_bytes, width, height, orientation, "
+                "pdq, pdq_quality, sharpness, brightness, contrast, original_filename, status, created_at) VALUES "
+                "(1, :sha, 'k', 't', 'JPEG', 1, 900, 600, 1, :pdq, 100, 100, 100, 50, 'old.jpg', 'accepted', '2026-01-01')"),
+                {"sha": "a" * 64, "pdq": "0" * 64})
+            conn.execute(text("INSERT INTO photo_hash_bands (key, photo_id) SELECT 5, id FROM photos"))
+    db.dispose()
+
+    app = create_app(settings)  # start-up applies the newer migrations
+    try:
+        svc = app.extensions["collector"]
+        with svc.db.engine.connect() as conn:
+            assert conn.execute(text("SELECT email, accepted_count, checked_in_at FROM users")).one() == ("old@example.com", 1, None)
+            assert conn.execute(text("SELECT original_filename, status, review_reason FROM photos")).one() == ("old.jpg", "accepted", None)
+            assert conn.execute(text("SELECT count(*) FROM photo_hash_bands")).scalar() == 1
+        # and the upgraded database works
+        v = svc.intake.submit(1, io.BytesIO(plate("us/us7.jpg").read_bytes()), "new.jpg")
+        assert v.accepted and v.progress.accepted == 2, v.message
+    finally:
+        app.extensions["collector"].db.dispose()
+
+
+def _has_tables(conn) -> bool:
+    from sqlalchemy import inspect
+
+    return "alembic_version" in inspect(conn).get_table_names()
