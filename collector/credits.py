@@ -7,10 +7,10 @@ import hmac
 from dataclasses import dataclass
 
 from itsdangerous import BadSignature, URLSafeSerializer
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from .models import User, utcnow
+from .models import Photo, User, utcnow
 
 
 @dataclass(frozen=True)
@@ -84,8 +84,10 @@ def check_pass(session, user_id: int | None, quota: int) -> PassCheck:
         return PassCheck(None, False, "This pass is not one of ours: it was forged, altered or mistyped.")
     by = session.get(User, user.checked_in_by_id).name if user.checked_in_by_id else None
     if user.accepted_count < quota:
-        return PassCheck(user, False, f"Only {user.accepted_count} of {quota} photos are accepted now "
-                                      "(photos were rejected in review).", user.checked_in_at, by)
+        rejected = session.scalar(select(func.count()).select_from(Photo).where(Photo.user_id == user.id, Photo.status == "rejected"))
+        why = f"; {rejected} rejected in review" if rejected else ""
+        return PassCheck(user, False, f"The fee is not paid: only {user.accepted_count} of {quota} photos are accepted{why}.",
+                         user.checked_in_at, by)
     return PassCheck(user, True, f"{user.accepted_count} accepted photos.", user.checked_in_at, by)
 
 

@@ -77,11 +77,13 @@ def _closest(session: Session, variants: list[str], keys: list[int]) -> Match | 
 
 # One bound parameter for the whole key list (an array in PostgreSQL, a JSON array in SQLite):
 # hundreds of separate parameters cost more to bind and plan than the lookup itself.
+# The band index drives the query (a few thousand candidates at a million photos), then each
+# candidate is fetched by primary key: never a pass over the photos table.
 _CANDIDATES = {
-    "postgresql": "SELECT p.id, p.user_id, p.pdq FROM photos p WHERE p.id IN "
-    "(SELECT b.photo_id FROM photo_hash_bands b WHERE b.key = ANY(:keys))",
-    "sqlite": "SELECT p.id, p.user_id, p.pdq FROM photos p WHERE p.id IN "
-    "(SELECT b.photo_id FROM photo_hash_bands b WHERE b.key IN (SELECT value FROM json_each(:keys)))",
+    "postgresql": "SELECT p.id, p.user_id, p.pdq FROM (SELECT DISTINCT b.photo_id FROM photo_hash_bands b "
+    "WHERE b.key = ANY(:keys)) c JOIN photos p ON p.id = c.photo_id",
+    "sqlite": "SELECT p.id, p.user_id, p.pdq FROM (SELECT DISTINCT b.photo_id FROM photo_hash_bands b "
+    "WHERE b.key IN (SELECT value FROM json_each(:keys))) c JOIN photos p ON p.id = c.photo_id",
 }
 
 

@@ -21,7 +21,7 @@ from typing import BinaryIO, Iterator
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from . import checks, dedup, imaging
+from . import checks, dedup, imaging, reports
 from .checks import Rejection, reject
 from .credits import Progress, progress_of
 from .metadata import Metadata, read_metadata
@@ -210,9 +210,13 @@ class Intake:
                 if near and near.distance <= s["NEAR_DUPLICATE_DISTANCE"]:
                     return self._near_duplicate(user_id, near, up.sha256, described)
                 photo.nearest_distance = near.distance if near else None
+                photo.created_at = utcnow()
+                if meta.captured_at is not None:
+                    photo.burst = mark_burst(tx, user_id, meta.captured_at)
                 tx.add(photo)
                 tx.flush()
                 dedup.add_bands(tx, photo.id, fp.pdq)
+                reports.bump_hour(tx, photo.created_at, +1)
                 tx.execute(
                     update(User)
                     .where(User.id == user_id)
@@ -278,6 +282,18 @@ class Intake:
     def record_rejection(self, user_id: int, code: str, message: str, filename: str, sha256: str | None, size: int | None) -> None:
         with self.db.write_transaction(lock=False) as tx:
             tx.add(UploadRejection(user_id=user_id, code=code, message=message, filename=filename, sha256=sha256, size_bytes=size))
+
+
+BURST_SECONDS = 2
+
+
+def mark_burst(session, user_id: int, captured_at: dt.datetime) -> bool:
+    """Flag the contributor's photos taken within BURST_SECONDS of this one; True if any."""
+    window = dt.timedelta(seconds=BURST_SECONDS)
+    return bool(session.execute(
+        update(Photo).where(Photo.user_id == user_id, Photo.captured_at.between(captured_at - window, captured_at + window))
+        .values(burst=True)
+    ).rowcount)
 
 
 def _pixels_of(exc: imaging.DecodeError) -> str:

@@ -126,6 +126,8 @@ class Photo(Base):
     original_filename: Mapped[str] = mapped_column(String(255))
     # accepted | flagged (kept, credited, worth a look) | rejected (in review: no credit, bytes blocked)
     status: Mapped[str] = mapped_column(String(20), default="accepted", index=True)
+    # Taken within 2 seconds of another photo of the same contributor (set at intake).
+    burst: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
     review_reason: Mapped[str | None] = mapped_column(String(40))
     review_note: Mapped[str | None] = mapped_column(String(500))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
@@ -133,7 +135,10 @@ class Photo(Base):
     user: Mapped[User] = relationship(back_populates="photos")
     actions: Mapped[list[ReviewAction]] = relationship(order_by="ReviewAction.id")
 
-    __table_args__ = (Index("ix_photos_user_status", "user_id", "status"),)
+    __table_args__ = (
+        Index("ix_photos_user_status", "user_id", "status"),
+        Index("ix_photos_user_captured", "user_id", "captured_at"),
+    )
 
 
 class ReviewAction(Base):
@@ -165,6 +170,16 @@ class HashBand(Base):
     photo_id: Mapped[int] = mapped_column(ForeignKey("photos.id", ondelete="CASCADE"), primary_key=True)
 
     __table_args__ = (Index("ix_photo_hash_bands_photo_id", "photo_id"),)
+
+
+class AcceptedHour(Base):
+    """Credited photos per hour of upload, kept in the transactions that change them, so the
+    dashboard's chart reads 48 rows instead of aggregating every photo."""
+
+    __tablename__ = "accepted_hours"
+
+    hour: Mapped[dt.datetime] = mapped_column(UTCDateTime, primary_key=True)
+    accepted: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class UploadRejection(Base):

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import case, func, or_, select
 
-from .models import Photo, UploadRejection, User, utcnow
+from .models import AcceptedHour, Photo, UploadRejection, User, utcnow
 
 CREDITED = ("accepted", "flagged")
 STATES = {"paid": "Fee paid", "in_progress": "In progress", "not_started": "Not started", "checked_in": "Checked in"}
@@ -93,36 +93,42 @@ def contributors_csv(session, quota: int, cq: ContributorQuery) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["name", "email", "accepted", "paid", "last_upload", "checked_in_at", "registered"])
-    for u in session.scalars(_contributors_select(quota, cq)).yield_per(1000):
-        writer.writerow([_safe_cell(v) for v in (
-            u.name, u.email, u.accepted_count, "yes" if u.accepted_count >= quota else "no",
-            u.last_upload_at.isoformat(timespec="seconds") if u.last_upload_at else "",
-            u.checked_in_at.isoformat(timespec="seconds") if u.checked_in_at else "",
-            u.created_at.isoformat(timespec="seconds"),
-        )])
+    columns = _contributors_select(quota, cq).with_only_columns(
+        User.name, User.email, User.accepted_count, User.last_upload_at, User.checked_in_at, User.created_at
+    )
+    for name, email, accepted, last, checked, created in session.execute(columns):
+        writer.writerow([
+            _safe_cell(name), _safe_cell(email), accepted, "yes" if accepted >= quota else "no",
+            last.isoformat(timespec="seconds") if last else "",
+            checked.isoformat(timespec="seconds") if checked else "",
+            created.isoformat(timespec="seconds"),
+        ])
     return buf.getvalue()
 
 
-def _hour_bucket(session, column):
+def hour_of(when: dt.datetime) -> dt.datetime:
+    return when.astimezone(dt.timezone.utc).replace(minute=0, second=0, microsecond=0)
+
+
+def bump_hour(session, when: dt.datetime, delta: int) -> None:
+    """Add ``delta`` to the credited photos of ``when``'s hour, in the caller's transaction."""
+    hour = hour_of(when)
+    table = AcceptedHour.__table__
     if session.get_bind().dialect.name == "postgresql":
-        return func.to_char(func.date_trunc("hour", column), "YYYY-MM-DD HH24:00")
-    return func.strftime("%Y-%m-%d %H:00", column)
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    stmt = insert(table).values(hour=hour, accepted=delta)
+    session.execute(stmt.on_conflict_do_update(index_elements=[table.c.hour], set_={"accepted": table.c.accepted + delta}))
 
 
 def accepted_per_hour(session, hours: int = 48, now: dt.datetime | None = None) -> tuple[list[tuple[dt.datetime, int]], int]:
     """(hour, photos accepted that hour) for the last ``hours`` hours, and the total before them."""
-    now = (now or utcnow()).replace(minute=0, second=0, microsecond=0)
-    start = now - dt.timedelta(hours=hours - 1)
-    bucket = _hour_bucket(session, Photo.created_at)
-    counts = dict(session.execute(
-        select(bucket, func.count()).where(Photo.created_at >= start, Photo.status.in_(CREDITED)).group_by(bucket)
-    ).all())
-    before = session.scalar(select(func.count()).select_from(Photo).where(Photo.created_at < start, Photo.status.in_(CREDITED)))
-    series = []
-    for i in range(hours):
-        hour = start + dt.timedelta(hours=i)
-        series.append((hour, int(counts.get(hour.strftime("%Y-%m-%d %H:00"), 0))))
-    return series, before
+    start = hour_of(now or utcnow()) - dt.timedelta(hours=hours - 1)
+    counts = dict(session.execute(select(AcceptedHour.hour, AcceptedHour.accepted).where(AcceptedHour.hour >= start)).all())
+    before = session.scalar(select(func.coalesce(func.sum(AcceptedHour.accepted), 0)).where(AcceptedHour.hour < start))
+    series = [(start + dt.timedelta(hours=i), int(counts.get(start + dt.timedelta(hours=i), 0))) for i in range(hours)]
+    return series, int(before)
 
 
 def chart_svg(series: list[tuple[dt.datetime, int]], before: int, width: int = 720, height: int = 220) -> str:

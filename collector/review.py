@@ -3,10 +3,9 @@ restore it, with every action kept in an audit log."""
 
 from __future__ import annotations
 
-from sqlalchemy import and_, exists, func, or_, select, update
-from sqlalchemy.orm import aliased
+from sqlalchemy import func, or_, select, update
 
-from . import checks
+from . import checks, reports
 from .models import Photo, ReviewAction, User, utcnow
 
 REASONS = {
@@ -37,8 +36,9 @@ def reject(db, photo_id: int, organiser_id: int, reason: str, note: str | None =
             .values(status="rejected", review_reason=reason, review_note=note)
         ).rowcount
         if changed:
-            user_id = tx.scalar(select(Photo.user_id).where(Photo.id == photo_id))
+            user_id, created = tx.execute(select(Photo.user_id, Photo.created_at).where(Photo.id == photo_id)).one()
             tx.execute(update(User).where(User.id == user_id).values(accepted_count=User.accepted_count - 1))
+            reports.bump_hour(tx, created, -1)
             tx.add(ReviewAction(photo_id=photo_id, organiser_id=organiser_id, action="reject", reason=reason, note=note))
         return bool(changed)
 
@@ -51,25 +51,15 @@ def restore(db, photo_id: int, organiser_id: int, note: str | None = None) -> bo
             .values(status="accepted", review_reason=None, review_note=None)
         ).rowcount
         if changed:
-            user_id = tx.scalar(select(Photo.user_id).where(Photo.id == photo_id))
+            user_id, created = tx.execute(select(Photo.user_id, Photo.created_at).where(Photo.id == photo_id)).one()
             tx.execute(update(User).where(User.id == user_id).values(accepted_count=User.accepted_count + 1))
+            reports.bump_hour(tx, created, +1)
             tx.add(ReviewAction(photo_id=photo_id, organiser_id=organiser_id, action="restore", note=note))
         return bool(changed)
 
 
 # "Worth a look" filters for the review grid; each is a SQL condition on Photo.
-def _burst(dialect: str):
-    other = aliased(Photo)
-    if dialect == "postgresql":
-        gap = func.abs(func.extract("epoch", other.captured_at - Photo.captured_at))
-    else:
-        gap = func.abs(func.julianday(other.captured_at) - func.julianday(Photo.captured_at)) * 86400
-    return exists().where(
-        and_(other.user_id == Photo.user_id, other.id != Photo.id, other.captured_at.is_not(None), gap <= 2)
-    ).where(Photo.captured_at.is_not(None))
-
-
-def filter_condition(name: str, dialect: str):
+def filter_condition(name: str):
     if name == "no_date":
         return Photo.captured_at.is_(None)
     if name == "borderline_quality":
@@ -78,7 +68,7 @@ def filter_condition(name: str, dialect: str):
     if name == "near_threshold":
         return Photo.nearest_distance.is_not(None)
     if name == "burst":
-        return _burst(dialect)
+        return Photo.burst.is_(True)
     if name == "rejected":
         return Photo.status == "rejected"
     return None
@@ -96,7 +86,7 @@ FILTERS = {
 
 def review_page(session, filter_name: str, page: int, per_page: int = 48):
     query = select(Photo).order_by(Photo.id.desc())
-    cond = filter_condition(filter_name, session.get_bind().dialect.name)
+    cond = filter_condition(filter_name)
     if cond is not None:
         query = query.where(cond)
     total = session.scalar(select(func.count()).select_from(query.order_by(None).subquery()))

@@ -114,7 +114,7 @@ def test_review_rejection_moves_credit_and_pass_then_restore(app, svc, world):
     me = ann.get("/api/v1/me", headers={}).json
     assert me["progress"] == {"accepted": 2, "quota": 3, "complete": False}
     html = org.get(f"/checkin/{token}").get_data(as_text=True)
-    assert "NOT VALID" in html and "Only 2 of 3" in html and "Check in</button>" not in html
+    assert "NOT VALID" in html and "only 2 of 3 photos are accepted; 1 rejected in review" in html and "Check in</button>" not in html
     assert "Not a number plate" in ann.get("/photos").get_data(as_text=True)
     log = org.get(f"/dashboard/photos/{world['photo']}").get_data(as_text=True)
     assert "Olga" in log and "reject" in log and "a cat" in log
@@ -195,3 +195,32 @@ def test_review_filters(app, world):
     assert "1 photo" in html or "photos" in html
     assert org.get("/dashboard/review?filter=burst").status_code == 200
     assert org.get("/dashboard/review?filter=borderline_quality&page=2").status_code == 200
+
+
+def test_burst_flag_and_hourly_chart_counts(app, svc, world):
+    from PIL import Image
+
+    from collector import reports
+
+    from . import images
+
+    def shot(rel, when):
+        exif = Image.Exif()
+        exif.get_ifd(0x8769)[0x9003] = when
+        return images.encode(images.load(plate(rel)), exif=exif, quality=90)
+
+    a = svc.intake.submit(world["bob"].id, io.BytesIO(shot("eu/eu1.jpg", "2026:11:20 10:00:00")), "a.jpg")
+    b = svc.intake.submit(world["bob"].id, io.BytesIO(shot("us/us8.jpg", "2026:11:20 10:00:01")), "b.jpg")
+    c = svc.intake.submit(world["bob"].id, io.BytesIO(shot("us/us10.jpg", "2026:11:20 10:05:00")), "c.jpg")
+    assert a.accepted and b.accepted and c.accepted
+    html = client_as(app, world["org"]).get("/dashboard/review?filter=burst").get_data(as_text=True)
+    assert f'id="photo-{a.photo_id}"' in html and f'id="photo-{b.photo_id}"' in html and f'id="photo-{c.photo_id}"' not in html
+
+    with svc.db.Session() as s:
+        series, before = reports.accepted_per_hour(s)
+        assert sum(n for _, n in series) + before == 7
+    org = client_as(app, world["org"])
+    org.post(f"/dashboard/photos/{a.photo_id}/reject", data={"csrf_token": csrf(org), "reason": "unreadable"})
+    with svc.db.Session() as s:
+        series, before = reports.accepted_per_hour(s)
+        assert sum(n for _, n in series) + before == 6
