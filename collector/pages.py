@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, abort, render_template, request, send_file, url_for
+from flask import Blueprint, abort, flash, render_template, request, send_file, url_for
 from flask_login import current_user, login_required
 from sqlalchemy import select
 
@@ -31,6 +31,8 @@ def upload():
     if request.method == "POST":
         # The no-JavaScript path: many files in one plain form post, each through intake.
         files = [f for f in request.files.getlist("photo") if f.filename or f.content_length]
+        if len(files) > MAX_FORM_FILES:
+            flash(f"Only the first {MAX_FORM_FILES} files were checked; send the others in another batch.", "error")
         for storage in files[:MAX_FORM_FILES]:
             verdicts.append(svc.intake.submit(current_user.id, storage.stream, storage.filename))
     progress = svc.intake.progress(current_user.id)  # a fresh read, after the uploads' commits

@@ -162,6 +162,14 @@ def settings(tmp_path, database_url):
 
 
 @pytest.fixture
+def s3_settings(settings, s3_env):
+    """``settings`` with photo storage in a fresh bucket of the loopback S3 server."""
+    settings["STORAGE_URL"] = f"s3://{s3_env['bucket']}/plates"
+    settings["S3_ENDPOINT_URL"] = s3_env["endpoint"]
+    return settings
+
+
+@pytest.fixture
 def app(settings):
     app = create_app(settings)
     yield app

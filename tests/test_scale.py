@@ -22,13 +22,6 @@ from .conftest import ROOT, free_port, multipart, plate, wait_for_port
 from .synthetic import plate_photo
 
 
-@pytest.fixture
-def s3_settings(settings, s3_env):
-    settings["STORAGE_URL"] = f"s3://{s3_env['bucket']}/plates"
-    settings["S3_ENDPOINT_URL"] = s3_env["endpoint"]
-    return settings
-
-
 def test_s3_backend_end_to_end(s3_settings, s3_env):
     import boto3
 

@@ -101,11 +101,7 @@ def test_storage_url_parsing(tmp_path):
 
 @pytest.fixture(params=["local", "s3"])
 def backend_settings(request, settings):
-    if request.param == "s3":
-        env = request.getfixturevalue("s3_env")
-        settings["STORAGE_URL"] = f"s3://{env['bucket']}/p"
-        settings["S3_ENDPOINT_URL"] = env["endpoint"]
-    return settings
+    return request.getfixturevalue("s3_settings") if request.param == "s3" else settings
 
 
 def test_storage_check_clean_then_reports_a_deleted_object(backend_settings, tmp_path):
