@@ -135,7 +135,17 @@ def restore(photo_id: int):
     if services().db.session.get(Photo, photo_id) is None:
         abort(404)
     changed = review.restore(services().db, photo_id, current_user.id, request.form.get("note"))
-    flash("Photo restored: it counts again." if changed else "That photo was not rejected.", "info")
+    flash("Done: the photo counts as accepted." if changed else "That photo was neither rejected nor flagged.", "info")
+    return _back(photo_id)
+
+
+@bp.route("/dashboard/photos/<int:photo_id>/flag", methods=["POST"])
+@organiser_required
+def flag(photo_id: int):
+    if services().db.session.get(Photo, photo_id) is None:
+        abort(404)
+    changed = review.flag(services().db, photo_id, current_user.id, request.form.get("note"))
+    flash("Photo flagged: it still counts, and the export leaves it out unless asked." if changed else "Only an accepted photo can be flagged.", "info")
     return _back(photo_id)
 
 

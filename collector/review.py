@@ -44,17 +44,33 @@ def reject(db, photo_id: int, organiser_id: int, reason: str, note: str | None =
 
 
 def restore(db, photo_id: int, organiser_id: int, note: str | None = None) -> bool:
+    """A rejected photo counts again; a flagged one loses its flag. True if anything changed."""
     note = (note or "").strip()[:500] or None
     with db.write_transaction(lock=False) as tx:
-        changed = tx.execute(
+        unrejected = tx.execute(
             update(Photo).where(Photo.id == photo_id, Photo.status == "rejected")
             .values(status="accepted", review_reason=None, review_note=None)
         ).rowcount
-        if changed:
+        if unrejected:
             user_id, created = tx.execute(select(Photo.user_id, Photo.created_at).where(Photo.id == photo_id)).one()
             tx.execute(update(User).where(User.id == user_id).values(accepted_count=User.accepted_count + 1))
             reports.bump_hour(tx, created, +1)
             tx.add(ReviewAction(photo_id=photo_id, organiser_id=organiser_id, action="restore", note=note))
+            return True
+        unflagged = tx.execute(update(Photo).where(Photo.id == photo_id, Photo.status == "flagged").values(status="accepted")).rowcount
+        if unflagged:
+            tx.add(ReviewAction(photo_id=photo_id, organiser_id=organiser_id, action="unflag", note=note))
+        return bool(unflagged)
+
+
+def flag(db, photo_id: int, organiser_id: int, note: str | None = None) -> bool:
+    """Mark an accepted photo for a second look: it keeps its credit, and the export leaves it
+    out unless asked (--include-flagged)."""
+    note = (note or "").strip()[:500] or None
+    with db.write_transaction(lock=False) as tx:
+        changed = tx.execute(update(Photo).where(Photo.id == photo_id, Photo.status == "accepted").values(status="flagged")).rowcount
+        if changed:
+            tx.add(ReviewAction(photo_id=photo_id, organiser_id=organiser_id, action="flag", note=note))
         return bool(changed)
 
 
@@ -69,8 +85,8 @@ def filter_condition(name: str):
         return Photo.nearest_distance.is_not(None)
     if name == "burst":
         return Photo.burst.is_(True)
-    if name == "rejected":
-        return Photo.status == "rejected"
+    if name in ("rejected", "flagged"):
+        return Photo.status == name
     return None
 
 
@@ -80,6 +96,7 @@ FILTERS = {
     "borderline_quality": "Borderline quality",
     "near_threshold": "Close to another photo",
     "burst": "Taken in a burst (within 2 s)",
+    "flagged": "Flagged",
     "rejected": "Rejected in review",
 }
 

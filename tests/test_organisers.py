@@ -50,6 +50,7 @@ ROUTES = [
     ("GET", "/dashboard/photos/{photo}"),
     ("POST", "/dashboard/photos/{photo}/reject"),
     ("POST", "/dashboard/photos/{photo}/restore"),
+    ("POST", "/dashboard/photos/{photo}/flag"),
     ("GET", "/checkin"),
     ("GET", "/checkin/{token}"),
     ("POST", "/checkin/{token}"),
@@ -224,3 +225,15 @@ def test_burst_flag_and_hourly_chart_counts(app, svc, world):
     with svc.db.Session() as s:
         series, before = reports.accepted_per_hour(s)
         assert sum(n for _, n in series) + before == 6
+
+
+def test_flag_keeps_credit_and_clear_flag(app, svc, world):
+    org = client_as(app, world["org"])
+    org.post(f"/dashboard/photos/{world['photo']}/flag", data={"csrf_token": csrf(org), "note": "check plate"})
+    assert client_as(app, world["ann"]).get("/api/v1/me").json["progress"]["accepted"] == 3
+    html = org.get("/dashboard/review?filter=flagged").get_data(as_text=True)
+    assert f'id="photo-{world["photo"]}"' in html and "Clear flag" in html
+    assert "check plate" in org.get(f"/dashboard/photos/{world['photo']}").get_data(as_text=True)
+    org.post(f"/dashboard/photos/{world['photo']}/restore", data={"csrf_token": csrf(org)})
+    assert f'id="photo-{world["photo"]}"' not in org.get("/dashboard/review?filter=flagged").get_data(as_text=True)
+    assert client_as(app, world["ann"]).get("/api/v1/me").json["progress"]["accepted"] == 3
