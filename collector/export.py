@@ -14,7 +14,6 @@ import hashlib
 import hmac
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,14 +123,17 @@ def assign_splits(photos: list[Photo], pseudonyms: dict[int, str], ratios: tuple
     return splits
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def _atomic_write(path: Path, data: bytes, durable: bool = True) -> None:
+    """Temporary file, then rename. Images skip the per-file fsync: one sync of the whole
+    export comes before the manifests that name them are replaced (see ``export``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with open(tmp, "wb") as fh:
             fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -185,7 +187,7 @@ def export(db, storage, out: Path, options: Options, secret: str, licence: str, 
             orientation = 1 if p.format == "HEIF" else p.orientation
             exif = minimal_exif(orientation, p.camera_make, p.camera_model, p.captured_at, gps)
             data, _ = publishable(original, p.format, exif)
-            _atomic_write(target, data)
+            _atomic_write(target, data, durable=False)
             digest = hashlib.sha256(data).hexdigest()
             summary.written += 1
             summary.bytes_written += len(data)
@@ -215,6 +217,8 @@ def export(db, storage, out: Path, options: Options, secret: str, licence: str, 
         summary.seconds = time.perf_counter() - started
         return summary
 
+    if summary.written:
+        os.sync()  # every new image is on disk before a manifest names it
     manifests = _manifests(options, records, licence, summary)
     for rel, data in manifests.items():
         written_sums[rel] = hashlib.sha256(data).hexdigest()

@@ -27,31 +27,69 @@ _PNG_KEEP = {b"IHDR", b"PLTE", b"IDAT", b"IEND", b"tRNS", b"gAMA", b"cHRM", b"sR
 
 def minimal_exif(orientation: int, make: str | None, model: str | None, captured_at: dt.datetime | None,
                  gps: tuple[float, float] | None = None) -> bytes:
-    """A fresh TIFF-structured EXIF block holding only what the dataset keeps."""
-    exif = Image.Exif()
-    if orientation and orientation != 1:
-        exif[0x0112] = orientation
+    """A fresh EXIF block (``Exif\\0\\0`` + big-endian TIFF) holding only what the dataset keeps.
+
+    Written directly rather than through Pillow's generic writer, which costs more than the rest
+    of an image's export together."""
+    ifd0: list[tuple[int, int, int, bytes]] = []  # (tag, type, count, value bytes)
     if make:
-        exif[0x010F] = make
+        ifd0.append(_ascii(0x010F, make))
     if model:
-        exif[0x0110] = model
+        ifd0.append(_ascii(0x0110, model))
+    if orientation and orientation != 1:
+        ifd0.append((0x0112, 3, 1, struct.pack(">H", orientation)))
+    subs: list[tuple[int, list]] = []
     if captured_at:
-        exif.get_ifd(0x8769)[0x9003] = captured_at.strftime("%Y:%m:%d %H:%M:%S")
+        subs.append((0x8769, [_ascii(0x9003, captured_at.strftime("%Y:%m:%d %H:%M:%S"))]))
     if gps:
         lat, lon = gps
-        g = exif.get_ifd(0x8825)
-        g[1], g[2] = ("N" if lat >= 0 else "S"), _dms(abs(lat))
-        g[3], g[4] = ("E" if lon >= 0 else "W"), _dms(abs(lon))
-    return exif.tobytes()  # starts with b"Exif\x00\x00"
+        subs.append((0x8825, [
+            _ascii(0x0001, "N" if lat >= 0 else "S"), (0x0002, 5, 3, _dms(abs(lat))),
+            _ascii(0x0003, "E" if lon >= 0 else "W"), (0x0004, 5, 3, _dms(abs(lon))),
+        ]))
+    # Layout: header, IFD0, then each sub-IFD, each IFD followed by its out-of-line values.
+    ifd0_size = _ifd_size(ifd0) + 12 * len(subs)
+    offset = 8 + ifd0_size
+    pointers, blobs = [], []
+    for tag, entries in subs:
+        pointers.append((tag, 4, 1, struct.pack(">I", offset)))
+        blob = _ifd(entries, offset)
+        blobs.append(blob)
+        offset += len(blob)
+    entries0 = sorted(ifd0 + pointers)
+    out = b"MM\x00*" + struct.pack(">I", 8) + _ifd(entries0, 8) + b"".join(blobs)
+    return b"Exif\x00\x00" + out
 
 
-def _dms(value: float):
-    from PIL.TiffImagePlugin import IFDRational
+def _ascii(tag: int, text: str) -> tuple[int, int, int, bytes]:
+    raw = text.encode("ascii", "replace")[:255] + b"\x00"
+    return (tag, 2, len(raw), raw)
 
+
+def _dms(value: float) -> bytes:
     d = int(value)
     m = int((value - d) * 60)
     s = round(((value - d) * 60 - m) * 60 * 10000)
-    return (IFDRational(d, 1), IFDRational(m, 1), IFDRational(s, 10000))
+    return struct.pack(">IIIIII", d, 1, m, 1, s, 10000)
+
+
+def _ifd_size(entries) -> int:
+    return 2 + 12 * len(entries) + 4 + sum(len(v) + (len(v) & 1) for *_, v in entries if len(v) > 4)
+
+
+def _ifd(entries, at: int) -> bytes:
+    """One IFD at offset ``at``, with its values longer than 4 bytes right after it."""
+    data_at = at + 2 + 12 * len(entries) + 4
+    head, tail = [struct.pack(">H", len(entries))], []
+    for tag, ftype, count, value in sorted(entries):
+        if len(value) > 4:
+            head.append(struct.pack(">HHII", tag, ftype, count, data_at))
+            padded = value + (b"\x00" if len(value) & 1 else b"")
+            tail.append(padded)
+            data_at += len(padded)
+        else:
+            head.append(struct.pack(">HHI", tag, ftype, count) + value.ljust(4, b"\x00"))
+    return b"".join(head) + b"\x00\x00\x00\x00" + b"".join(tail)
 
 
 def jpeg_segments(data: bytes):
