@@ -47,19 +47,20 @@ def seed_sqlite(db: Database, n: int) -> None:
     cur.execute("BEGIN")
     cur.execute("INSERT INTO users (id, email, name, password_hash, is_organiser, licence, consented_at, created_at, accepted_count) "
                 "VALUES (1, 'bench@example.com', 'Bench', 'x', 0, 'CC BY 4.0', '2026-01-01', '2026-01-01', 0)")
-    photos, bands = [], []
+    photos, bands, hashes = [], [], []
     for pid, h in rows(n):
         photos.append((pid, h, f"originals/{h}.jpg", f"thumbs/{h}.jpg", h))
+        hashes.append((pid, h))
         bands.extend((k, pid) for k in dedup.band_keys(h))
         if len(photos) >= BATCH:
-            _flush_sqlite(cur, photos, bands)
-    _flush_sqlite(cur, photos, bands)
+            _flush_sqlite(cur, photos, bands, hashes)
+    _flush_sqlite(cur, photos, bands, hashes)
     cur.execute("COMMIT")
     cur.execute("ANALYZE")
     raw.close()
 
 
-def _flush_sqlite(cur, photos, bands) -> None:
+def _flush_sqlite(cur, photos, bands, hashes) -> None:
     cur.executemany(
         "INSERT INTO photos (id, user_id, sha256, storage_key, thumb_key, format, size_bytes, width, height, orientation, "
         "pdq, pdq_quality, sharpness, brightness, contrast, original_filename, status, created_at) "
@@ -67,8 +68,10 @@ def _flush_sqlite(cur, photos, bands) -> None:
         photos,
     )
     cur.executemany("INSERT INTO photo_hash_bands (key, photo_id) VALUES (?, ?)", bands)
+    cur.executemany("INSERT INTO photo_hashes (photo_id, user_id, pdq) VALUES (?, 1, ?)", hashes)
     photos.clear()
     bands.clear()
+    hashes.clear()
 
 
 def seed_postgres(db: Database, n: int) -> None:
@@ -82,6 +85,9 @@ def seed_postgres(db: Database, n: int) -> None:
             for pid, h in rows(n):
                 copy.write_row((pid, 1, h, f"originals/{h}.jpg", f"thumbs/{h}.jpg", "JPEG", 1, 1000, 800, 1, h, 100, 100, 100, 50,
                                 "x.jpg", "accepted", "2026-01-01"))
+        with cur.copy("COPY photo_hashes (photo_id, user_id, pdq) FROM STDIN") as copy:
+            for pid, h in rows(n):
+                copy.write_row((pid, 1, h))
         with cur.copy("COPY photo_hash_bands (key, photo_id) FROM STDIN") as copy:
             for pid, h in rows(n):
                 for k in dedup.band_keys(h):
@@ -92,6 +98,7 @@ def seed_postgres(db: Database, n: int) -> None:
         conn.autocommit = True
         cur.execute("VACUUM ANALYZE photos")
         cur.execute("VACUUM ANALYZE photo_hash_bands")
+        cur.execute("VACUUM ANALYZE photo_hashes")
     raw.close()
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from .models import HashBand
+from .models import HashBand, PhotoHash
 
 BANDS = 16
 BAND_BITS = 16
@@ -80,10 +80,10 @@ def _closest(session: Session, variants: list[str], keys: list[int]) -> Match | 
 # The band index drives the query (a few thousand candidates at a million photos), then each
 # candidate is fetched by primary key: never a pass over the photos table.
 _CANDIDATES = {
-    "postgresql": "SELECT p.id, p.user_id, p.pdq FROM (SELECT DISTINCT b.photo_id FROM photo_hash_bands b "
-    "WHERE b.key = ANY(:keys)) c JOIN photos p ON p.id = c.photo_id",
-    "sqlite": "SELECT p.id, p.user_id, p.pdq FROM (SELECT DISTINCT b.photo_id FROM photo_hash_bands b "
-    "WHERE b.key IN (SELECT value FROM json_each(:keys))) c JOIN photos p ON p.id = c.photo_id",
+    "postgresql": "SELECT h.photo_id, h.user_id, h.pdq FROM (SELECT DISTINCT b.photo_id FROM photo_hash_bands b "
+    "WHERE b.key = ANY(:keys)) c JOIN photo_hashes h ON h.photo_id = c.photo_id",
+    "sqlite": "SELECT h.photo_id, h.user_id, h.pdq FROM (SELECT DISTINCT b.photo_id FROM photo_hash_bands b "
+    "WHERE b.key IN (SELECT value FROM json_each(:keys))) c JOIN photo_hashes h ON h.photo_id = c.photo_id",
 }
 
 
@@ -95,5 +95,7 @@ def _keys_param(session: Session, keys: list[int]):
     return keys if session.get_bind().dialect.name == "postgresql" else json.dumps(keys)
 
 
-def add_bands(session: Session, photo_id: int, pdq_hex: str) -> None:
+def add_bands(session: Session, photo_id: int, user_id: int, pdq_hex: str) -> None:
+    """Index a new photo's hash (in the caller's transaction)."""
+    session.add(PhotoHash(photo_id=photo_id, user_id=user_id, pdq=pdq_hex))
     session.add_all(HashBand(key=k, photo_id=photo_id) for k in band_keys(pdq_hex))

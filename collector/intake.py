@@ -215,7 +215,7 @@ class Intake:
                     photo.burst = mark_burst(tx, user_id, meta.captured_at)
                 tx.add(photo)
                 tx.flush()
-                dedup.add_bands(tx, photo.id, fp.pdq)
+                dedup.add_bands(tx, photo.id, user_id, fp.pdq)
                 reports.bump_hour(tx, photo.created_at, +1)
                 tx.execute(
                     update(User)

@@ -182,6 +182,18 @@ class AcceptedHour(Base):
     accepted: Mapped[int] = mapped_column(Integer, default=0)
 
 
+class PhotoHash(Base):
+    """The PDQ hash and owner of each photo in a narrow table of its own: a near-duplicate
+    lookup reads thousands of candidates at a million photos, and fetching them from here
+    touches a few pages where the wide photos table needs one each."""
+
+    __tablename__ = "photo_hashes"
+
+    photo_id: Mapped[int] = mapped_column(ForeignKey("photos.id", ondelete="CASCADE"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(Integer)
+    pdq: Mapped[str] = mapped_column(String(64))
+
+
 class UploadRejection(Base):
     """Every refused upload attempt, for the contributor's page and the organisers' dashboard."""
 

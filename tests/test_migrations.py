@@ -44,6 +44,7 @@ def test_upgrade_from_the_first_revision_keeps_every_row(settings, database_url)
             assert conn.execute(text("SELECT email, accepted_count, checked_in_at FROM users")).one() == ("old@example.com", 1, None)
             assert conn.execute(text("SELECT original_filename, status, review_reason FROM photos")).one() == ("old.jpg", "accepted", None)
             assert conn.execute(text("SELECT count(*) FROM photo_hash_bands")).scalar() == 1
+            assert conn.execute(text("SELECT user_id, pdq FROM photo_hashes")).one() == (1, "0" * 64)
         # and the upgraded database works
         v = svc.intake.submit(1, io.BytesIO(plate("us/us7.jpg").read_bytes()), "new.jpg")
         assert v.accepted and v.progress.accepted == 2, v.message
