@@ -115,38 +115,38 @@ def _back(photo_id: int):
     return redirect(url_for("dashboard.photo", photo_id=photo_id))
 
 
-@bp.route("/dashboard/photos/<int:photo_id>/reject", methods=["POST"])
-@organiser_required
-def reject(photo_id: int):
+def _review_action(photo_id: int, action, done: str, unchanged: str, **kwargs):
+    """Run one review action on an existing photo, say what happened, and go back."""
     if services().db.session.get(Photo, photo_id) is None:
         abort(404)
     try:
-        changed = review.reject(services().db, photo_id, current_user.id, request.form.get("reason", ""), request.form.get("note"))
+        changed = action(services().db, photo_id, current_user.id, note=request.form.get("note"), **kwargs)
     except review.ReviewError as exc:
         flash(str(exc), "error")
     else:
-        flash("Photo rejected: the contributor's count went down by one." if changed else "That photo was already rejected.", "info")
+        flash(done if changed else unchanged, "info")
     return _back(photo_id)
+
+
+@bp.route("/dashboard/photos/<int:photo_id>/reject", methods=["POST"])
+@organiser_required
+def reject(photo_id: int):
+    return _review_action(photo_id, review.reject, "Photo rejected: the contributor's count went down by one.",
+                          "That photo was already rejected.", reason=request.form.get("reason", ""))
 
 
 @bp.route("/dashboard/photos/<int:photo_id>/restore", methods=["POST"])
 @organiser_required
 def restore(photo_id: int):
-    if services().db.session.get(Photo, photo_id) is None:
-        abort(404)
-    changed = review.restore(services().db, photo_id, current_user.id, request.form.get("note"))
-    flash("Done: the photo counts as accepted." if changed else "That photo was neither rejected nor flagged.", "info")
-    return _back(photo_id)
+    return _review_action(photo_id, review.restore, "Done: the photo counts as accepted.",
+                          "That photo was neither rejected nor flagged.")
 
 
 @bp.route("/dashboard/photos/<int:photo_id>/flag", methods=["POST"])
 @organiser_required
 def flag(photo_id: int):
-    if services().db.session.get(Photo, photo_id) is None:
-        abort(404)
-    changed = review.flag(services().db, photo_id, current_user.id, request.form.get("note"))
-    flash("Photo flagged: it still counts, and the export leaves it out unless asked." if changed else "Only an accepted photo can be flagged.", "info")
-    return _back(photo_id)
+    return _review_action(photo_id, review.flag, "Photo flagged: it still counts, and the export leaves it out unless asked.",
+                          "Only an accepted photo can be flagged.")
 
 
 # -- the door ---------------------------------------------------------------------------------
