@@ -8,7 +8,7 @@ WORKERS ?= 2
 THREADS ?= 8
 export COLLECTOR_TEST_POSTGRES_URL ?= postgresql+psycopg://root@127.0.0.1:5432/test
 
-.PHONY: run test test-sqlite test-postgresql bench clean
+.PHONY: run test test-sqlite test-postgresql lint bench clean
 
 $(VENV)/.run-deps: requirements.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,7 @@ run: $(VENV)/.run-deps
 test: test-sqlite test-postgresql
 
 test-sqlite: $(VENV)/.dev-deps
+	$(BIN)/python -m ruff check collector tests bench app.py
 	$(BIN)/python -m pytest --db=sqlite
 
 test-postgresql: $(VENV)/.dev-deps
@@ -41,6 +42,9 @@ test-postgresql: $(VENV)/.dev-deps
 	else \
 		echo "SKIPPED the PostgreSQL pass: no server at $$COLLECTOR_TEST_POSTGRES_URL (set COLLECTOR_TEST_POSTGRES_URL to use another)"; \
 	fi
+
+lint: $(VENV)/.dev-deps
+	$(BIN)/python -m ruff check collector tests bench app.py
 
 bench: $(VENV)/.dev-deps
 	$(BIN)/python bench/ingest.py

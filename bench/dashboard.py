@@ -28,7 +28,7 @@ from collector import accounts, create_app  # noqa: E402
 
 def seed(db, contributors: int, photos: int) -> None:
     rnd = random.Random(3)
-    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     raw = db.engine.raw_connection()
     cur = raw.cursor()
     cur.execute("BEGIN")

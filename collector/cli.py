@@ -149,7 +149,7 @@ def export_dataset(out_dir: Path, fmt: str, split: str, since, include_flagged: 
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--split") from None
     options = export_mod.Options(
-        format=fmt, split=ratios, since=since.replace(tzinfo=dt.timezone.utc) if since else None,
+        format=fmt, split=ratios, since=since.replace(tzinfo=dt.UTC) if since else None,
         include_flagged=include_flagged, keep_gps=keep_gps, dry_run=dry_run,
     )
     svc = services()

@@ -11,9 +11,10 @@ import datetime as dt
 import os
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 PREFIX = "COLLECTOR_"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -117,7 +118,7 @@ def _stored_secret(path: Path) -> str:
             if key:
                 return key
             time.sleep(0.02)
-        raise SystemExit(f"{path} is empty: delete it or set {PREFIX}SECRET_KEY")
+        raise SystemExit(f"{path} is empty: delete it or set {PREFIX}SECRET_KEY") from None
     with os.fdopen(fd, "w") as fh:
         key = secrets.token_hex(32)
         fh.write(key + "\n")

@@ -9,9 +9,9 @@ transaction-level advisory lock. Either way the lock is released at commit or ro
 from __future__ import annotations
 
 import fcntl
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from alembic import command
 from alembic.config import Config as AlembicConfig

@@ -255,10 +255,10 @@ def _manifests(options: Options, records: list[dict], licence: str, summary: Sum
     else:
         images = [{"id": r["_id"], "file_name": p["file_name"], "width": p["width"], "height": p["height"],
                    "date_captured": p["captured_at"], "license": 1, "split": p["split"], "sha256": p["sha256"],
-                   "contributor": p["contributor"]} for r, p in zip(records, public)]
+                   "contributor": p["contributor"]} for r, p in zip(records, public, strict=True)]
         coco = {
             "info": {"description": "Plate Collector number-plate photos", "version": dt.date.today().isoformat(),
-                     "date_created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")},
+                     "date_created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")},
             "licenses": [{"id": 1, "name": licence}],
             "images": images,
             "categories": [{"id": 1, "name": "licence_plate", "supercategory": "vehicle"}],
@@ -304,7 +304,7 @@ contributors (PDQ perceptual hash, Hamming distance of 31 bits or less out of 25
 
 - Photos: {len(rows)}, from {contributors} contributors
 - Taken: {(dates[0][:10] + ' to ' + dates[-1][:10]) if dates else 'unknown (no EXIF capture dates)'}
-- Exported: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, format `{options.format}`{', photos accepted since ' + options.since.date().isoformat() if options.since else ''}
+- Exported: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, format `{options.format}`{', photos accepted since ' + options.since.date().isoformat() if options.since else ''}
 - Licence: {licence}, agreed to by every contributor at registration
 
 ## Splits

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pdqhash
-from PIL import Image, ImageFile
-from PIL import UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is `corrupt`, never silently padded
 

@@ -107,7 +107,7 @@ def contributors_csv(session, quota: int, cq: ContributorQuery) -> str:
 
 
 def hour_of(when: dt.datetime) -> dt.datetime:
-    return when.astimezone(dt.timezone.utc).replace(minute=0, second=0, microsecond=0)
+    return when.astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0)
 
 
 def bump_hour(session, when: dt.datetime, delta: int) -> None:

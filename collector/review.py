@@ -6,7 +6,7 @@ from __future__ import annotations
 from sqlalchemy import func, or_, select, update
 
 from . import checks, reports
-from .models import Photo, ReviewAction, User, utcnow
+from .models import Photo, ReviewAction, User
 
 REASONS = {
     "not_a_plate": "Not a number plate",

@@ -13,9 +13,10 @@ import hashlib
 import io
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator, Protocol
+from typing import BinaryIO, Protocol
 
 
 class StorageUnavailable(Exception):
@@ -113,7 +114,7 @@ class LocalStorage:
                 key = full.relative_to(self.root).as_posix()
                 if key.startswith(prefix):
                     st = full.stat()
-                    yield StoredObject(key, st.st_size, dt.datetime.fromtimestamp(st.st_mtime, dt.timezone.utc))
+                    yield StoredObject(key, st.st_size, dt.datetime.fromtimestamp(st.st_mtime, dt.UTC))
 
 
 class S3Storage:

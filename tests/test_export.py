@@ -217,8 +217,8 @@ def test_since_writes_a_delta(svc, runner, collection, tmp_path):
     import datetime as dt
 
     with svc.db.write_transaction(lock=False) as tx:
-        tx.execute(update(Photo).values(created_at=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)))
-        tx.execute(update(Photo).where(Photo.camera_model == "iPhone 5").values(created_at=dt.datetime(2026, 3, 1, tzinfo=dt.timezone.utc)))
+        tx.execute(update(Photo).values(created_at=dt.datetime(2026, 1, 1, tzinfo=dt.UTC)))
+        tx.execute(update(Photo).where(Photo.camera_model == "iPhone 5").values(created_at=dt.datetime(2026, 3, 1, tzinfo=dt.UTC)))
     run_export(runner, tmp_path / "delta", "--since", "2026-02-01", "--format", "csv")
     assert len(csv_rows(tmp_path / "delta" / "manifest.csv")) == 2
 

@@ -70,7 +70,7 @@ def test_all_distinct_real_plate_photos_are_accepted_and_none_collide(svc, submi
     # the known duplicate pair and the known re-encode are checked elsewhere
     paths = [p for p in paths if p.name not in {"car-04.png", "car-4.png"} and "seg_and_ocr" not in p.parts]
     verdicts = [submit(ann if i % 2 else bob, p) for i, p in enumerate(paths)]
-    codes = {p.name: v.code for p, v in zip(paths, verdicts)}
+    codes = {p.name: v.code for p, v in zip(paths, verdicts, strict=True)}
     assert not [n for n, c in codes.items() if c in ("near_duplicate", "duplicate")], codes
     assert all(c in (None, "too_small") for c in codes.values()), codes
     # and their pairwise distances keep a wide margin to the threshold
@@ -363,7 +363,7 @@ def test_racing_near_duplicates_from_many_people_accept_at_most_one(svc, make_us
         barrier.wait()
         verdicts.append(svc.intake.submit(user.id, io.BytesIO(data), "v.jpg"))
 
-    threads = [threading.Thread(target=go, args=a) for a in zip(users, variants)]
+    threads = [threading.Thread(target=go, args=a) for a in zip(users, variants, strict=True)]
     for t in threads:
         t.start()
     for t in threads:

@@ -11,7 +11,7 @@ import pytest
 
 from collector import accounts, credits
 
-from .conftest import Auth, multipart, plate
+from .conftest import Auth, plate
 
 PHOTOS = ["us/us7.jpg", "eu/eu7.jpg", "br/JST2699.jpg"]
 

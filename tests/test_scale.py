@@ -144,7 +144,7 @@ def test_eight_near_identical_reencodes_at_once_accept_at_most_one(workers):
     people = tokens_for(svc, 8)
     path = plate("eu/eu7.jpg")
     variants = [images.reencode(path, q) for q in (55, 60, 65, 70, 75, 80, 85, 90)]
-    answers = post_all(base, [(tok, data, f"v{i}.jpg") for i, ((_, tok), data) in enumerate(zip(people, variants))], 8)
+    answers = post_all(base, [(tok, data, f"v{i}.jpg") for i, ((_, tok), data) in enumerate(zip(people, variants, strict=True))], 8)
     assert sum(1 for _, a in answers if a["status"] == "accepted") <= 1
     assert all(a["code"] in (None, "near_duplicate") for _, a in answers)
     with svc.db.Session() as s:

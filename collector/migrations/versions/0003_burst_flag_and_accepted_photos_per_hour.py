@@ -4,9 +4,8 @@ Revision ID: 0003
 Revises: 0002
 Create Date: 2026-11-26 06:21:20.583660
 """
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = '0003'
 down_revision = '0002'
@@ -54,7 +53,7 @@ def _backfill() -> None:
     burst = set()
     for shots in by_user.values():
         shots.sort()
-        for (a, pa), (b, pb) in zip(shots, shots[1:]):
+        for (a, pa), (b, pb) in zip(shots, shots[1:], strict=False):
             if (b - a).total_seconds() <= 2:
                 burst.update((pa, pb))
     for pid in burst:
