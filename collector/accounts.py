@@ -96,15 +96,6 @@ def authenticate(db, email: str, password: str, remote_addr: str | None, max_fai
     return user if ok else None
 
 
-def set_organiser(db, email: str, organiser: bool = True) -> User:
-    with db.write_transaction(lock=False) as tx:
-        user = tx.execute(select(User).where(User.email == normalise_email(email))).scalar_one_or_none()
-        if user is None:
-            raise AccountError(f"no user with email {email}")
-        user.is_organiser = organiser
-    return user
-
-
 @dataclass(frozen=True)
 class NewToken:
     token: str  # shown once

@@ -15,7 +15,7 @@ REASONS = {
     "duplicate": "A duplicate of another photo",
     "other": "Other",
 }
-CREDITED = ("accepted", "flagged")
+CREDITED = reports.CREDITED  # the statuses that count toward the fee
 
 
 class ReviewError(ValueError):
