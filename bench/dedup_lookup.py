@@ -1,19 +1,32 @@
-"""Near-duplicate lookup among N stored photos (default 1,000,000) on SQLite and PostgreSQL.
+"""Near-duplicate lookup among N stored photos (default 1,000,000) on SQLite and PostgreSQL:
+the in-process index (``dedup.NearIndex``) next to the SQL band index, in the same run.
 
-    python bench/dedup_lookup.py [--rows N] [--queries Q] [--postgres URL | --no-postgres]
+    python bench/dedup_lookup.py [--rows N] [--queries Q] [--data random,clustered]
+                                 [--postgres URL | --no-postgres] [--no-sqlite] [--json]
 
-Seeds N photo rows with random 256-bit PDQ hashes and their 16 index bands into a temporary
-database (a fresh SQLite file; a fresh PostgreSQL database, dropped afterwards), then times
-``dedup.nearest`` (the query intake runs: 8 dihedral variants x 272 band probes, then the full
-distance check) for Q new photos (misses) and Q near copies (hits, 12 bits flipped), with one
-variant for comparison, next to a full scan of every hash in the same database.
-Random hashes share bands less often than real ones; expect real lookups to find more
-candidates (see ../shared/research/dedup.md).
+For each database and each kind of data, seeds N photo rows, their hashes and 16 N band rows
+into a fresh database (a SQLite file; a PostgreSQL database of its own, dropped afterwards)
+with bulk inserts / COPY, then times, on the same queries:
+
+- ``sql``: the lookup in the database (8 dihedral variants: 128 exact band keys, then 272
+  one-bit neighbours of the picture's hash, then the full distance of every candidate);
+- ``memory``: the same answer from the in-process index, including its catch-up read
+  (``photo_id > last seen``) before every lookup; its load time and memory;
+- under the write lock: uploads that each take the lock, look up (catching up with the
+  previous upload's row) and insert a photo with its hash and bands, as intake does. The
+  lock-held time of the lookup and of the whole transaction are reported for both methods.
+
+Data: ``random`` 256-bit hashes, or ``clustered`` like real photos: scenes of ~50 photos,
+each 28-44 bits from its scene's centre (so ~60-90 apart, like different cars shot by one
+fixed camera), half the scenes sharing half their bands with another scene (similar places).
+Queries: ``new photo`` (a new member of a stored scene, or random: no match), ``near copy``
+(a stored hash with 12 bits flipped, the other 7 variants random: a match).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import statistics
@@ -22,6 +35,8 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -32,166 +47,256 @@ from sqlalchemy.engine import make_url  # noqa: E402
 from collector import dedup  # noqa: E402
 from collector.db import Database  # noqa: E402
 
-BATCH = 20_000
+CHUNK = 250_000
 
 
-def rows(n: int, seed: int = 7):
-    rnd = random.Random(seed)
-    for i in range(1, n + 1):
-        yield i, f"{rnd.getrandbits(256):064x}"
+def random_words(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 2**64, size=(n, 4), dtype=np.uint64, endpoint=False)
 
 
-def seed_sqlite(db: Database, n: int) -> None:
+def flip_words(words: np.ndarray, lo: int, hi: int, rng: np.random.Generator) -> np.ndarray:
+    """Each row with a random number of distinct bits in [lo, hi] flipped."""
+    out = words.copy()
+    for start in range(0, len(words), 20_000):
+        part = out[start : start + 20_000]
+        n = len(part)
+        ks = rng.integers(lo, hi + 1, size=n)
+        bits = np.argsort(rng.random((n, 256)), axis=1)[:, :hi]  # distinct positions per row
+        for k in range(hi):
+            sel = np.flatnonzero(ks > k)
+            pos = bits[sel, k]
+            part[sel, pos // 64] ^= np.left_shift(np.uint64(1), (pos % 64).astype(np.uint64))
+    return out
+
+
+def clustered_words(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    scenes = random_words(max(1, n // 50), seed + 1)
+    share = np.flatnonzero(rng.random(len(scenes)) < 0.5)
+    share = share[share > 0]
+    partner = (rng.random(len(share)) * share).astype(np.int64)  # an earlier scene
+    mask16 = rng.integers(0, 2, size=(len(share), 16)).astype(bool)  # which bands to copy
+    for i in range(16):
+        w, shift = i // 4, np.uint64(48 - 16 * (i % 4))
+        m = mask16[:, i]
+        band = np.uint64(0xFFFF) << shift
+        s, p = share[m], partner[m]
+        scenes[s, w] = (scenes[s, w] & ~band) | (scenes[p, w] & band)
+    out = np.empty((n, 4), dtype=np.uint64)
+    for lo in range(0, n, CHUNK):
+        hi = min(n, lo + CHUNK)
+        centres = scenes[rng.integers(0, len(scenes), size=hi - lo)]
+        out[lo:hi] = flip_words(centres, 28, 44, rng)
+    return out, scenes
+
+
+def hexes(words: np.ndarray) -> list[str]:
+    s = words.astype(">u8").tobytes().hex()
+    return [s[i : i + 64] for i in range(0, len(s), 64)]
+
+
+def band_rows(words: np.ndarray):
+    """(key, photo_id) of every band row, sorted by key then photo id (ids are row + 1)."""
+    offsets, postings = dedup._build_csr(words)
+    counts = np.diff(offsets)
+    keys = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
+    return keys, postings.astype(np.int64) + 1
+
+
+def seed_sqlite(db: Database, words: np.ndarray) -> None:
+    n = len(words)
     raw = db.engine.raw_connection()
     cur = raw.cursor()
+    cur.execute("PRAGMA synchronous=OFF")
     cur.execute("BEGIN")
     cur.execute("INSERT INTO users (id, email, name, password_hash, is_organiser, licence, consented_at, created_at, accepted_count) "
                 "VALUES (1, 'bench@example.com', 'Bench', 'x', 0, 'CC BY 4.0', '2026-01-01', '2026-01-01', 0)")
-    photos, bands, hashes = [], [], []
-    for pid, h in rows(n):
-        photos.append((pid, h, f"originals/{h}.jpg", f"thumbs/{h}.jpg", h))
-        hashes.append((pid, h))
-        bands.extend((k, pid) for k in dedup.band_keys(h))
-        if len(photos) >= BATCH:
-            _flush_sqlite(cur, photos, bands, hashes)
-    _flush_sqlite(cur, photos, bands, hashes)
+    cur.execute("DROP INDEX ix_photo_hash_bands_photo_id")
+    for lo in range(0, n, CHUNK):
+        hs = hexes(words[lo : lo + CHUNK])
+        ids = range(lo + 1, lo + 1 + len(hs))
+        cur.executemany(
+            "INSERT INTO photos (id, user_id, sha256, storage_key, thumb_key, format, size_bytes, width, height, orientation, "
+            "pdq, pdq_quality, sharpness, brightness, contrast, original_filename, status, burst, created_at) "
+            "VALUES (?, 1, printf('%064x', ?), 'o', 't', 'JPEG', 1, 1000, 800, 1, ?, 100, 100, 100, 50, 'x.jpg', 'accepted', 0, '2026-01-01')",
+            [(i, i, h) for i, h in zip(ids, hs, strict=True)],
+        )
+        cur.executemany("INSERT INTO photo_hashes (photo_id, user_id, pdq) VALUES (?, 1, ?)", zip(ids, hs, strict=True))
+    keys, pids = band_rows(words)
+    for lo in range(0, len(keys), 4 * CHUNK):
+        cur.executemany("INSERT INTO photo_hash_bands (key, photo_id) VALUES (?, ?)",
+                        zip(keys[lo : lo + 4 * CHUNK].tolist(), pids[lo : lo + 4 * CHUNK].tolist(), strict=True))
+    cur.execute("CREATE INDEX ix_photo_hash_bands_photo_id ON photo_hash_bands (photo_id)")
     cur.execute("COMMIT")
     cur.execute("ANALYZE")
+    cur.execute("PRAGMA synchronous=NORMAL")
     raw.close()
 
 
-def _flush_sqlite(cur, photos, bands, hashes) -> None:
-    cur.executemany(
-        "INSERT INTO photos (id, user_id, sha256, storage_key, thumb_key, format, size_bytes, width, height, orientation, "
-        "pdq, pdq_quality, sharpness, brightness, contrast, original_filename, status, created_at) "
-        "VALUES (?, 1, ?, ?, ?, 'JPEG', 1, 1000, 800, 1, ?, 100, 100, 100, 50, 'x.jpg', 'accepted', '2026-01-01')",
-        photos,
-    )
-    cur.executemany("INSERT INTO photo_hash_bands (key, photo_id) VALUES (?, ?)", bands)
-    cur.executemany("INSERT INTO photo_hashes (photo_id, user_id, pdq) VALUES (?, 1, ?)", hashes)
-    photos.clear()
-    bands.clear()
-    hashes.clear()
-
-
-def seed_postgres(db: Database, n: int) -> None:
+def seed_postgres(db: Database, words: np.ndarray) -> None:
+    n = len(words)
     raw = db.engine.raw_connection()
     conn = raw.driver_connection
     with conn.cursor() as cur:
         cur.execute("INSERT INTO users (id, email, name, password_hash, is_organiser, licence, consented_at, created_at, accepted_count) "
                     "VALUES (1, 'bench@example.com', 'Bench', 'x', false, 'CC BY 4.0', now(), now(), 0)")
+        # Foreign keys are checked row by row during COPY; they are added back, checked once, after.
+        fks = cur.execute("SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) FROM pg_constraint "
+                          "WHERE contype = 'f' AND conrelid::regclass::text IN ('photo_hash_bands', 'photo_hashes')").fetchall()
+        for table, name, _ in fks:
+            cur.execute(f'ALTER TABLE {table} DROP CONSTRAINT "{name}"')
         with cur.copy("COPY photos (id, user_id, sha256, storage_key, thumb_key, format, size_bytes, width, height, orientation, "
-                      "pdq, pdq_quality, sharpness, brightness, contrast, original_filename, status, created_at) FROM STDIN") as copy:
-            for pid, h in rows(n):
-                copy.write_row((pid, 1, h, f"originals/{h}.jpg", f"thumbs/{h}.jpg", "JPEG", 1, 1000, 800, 1, h, 100, 100, 100, 50,
-                                "x.jpg", "accepted", "2026-01-01"))
+                      "pdq, pdq_quality, sharpness, brightness, contrast, original_filename, status, burst, created_at) FROM STDIN") as copy:
+            for lo in range(0, n, CHUNK):
+                hs = hexes(words[lo : lo + CHUNK])
+                copy.write("".join(f"{lo + j + 1}\t1\t{lo + j + 1:064x}\to\tt\tJPEG\t1\t1000\t800\t1\t{h}\t100\t100\t100\t50\tx.jpg\taccepted\tf\t2026-01-01\n"
+                                   for j, h in enumerate(hs)))
         with cur.copy("COPY photo_hashes (photo_id, user_id, pdq) FROM STDIN") as copy:
-            for pid, h in rows(n):
-                copy.write_row((pid, 1, h))
+            for lo in range(0, n, CHUNK):
+                hs = hexes(words[lo : lo + CHUNK])
+                copy.write("".join(f"{lo + j + 1}\t1\t{h}\n" for j, h in enumerate(hs)))
+        keys, pids = band_rows(words)
         with cur.copy("COPY photo_hash_bands (key, photo_id) FROM STDIN") as copy:
-            for pid, h in rows(n):
-                for k in dedup.band_keys(h):
-                    copy.write_row((k, pid))
+            for lo in range(0, len(keys), 4 * CHUNK):
+                copy.write("".join(f"{k}\t{p}\n" for k, p in zip(keys[lo : lo + 4 * CHUNK].tolist(), pids[lo : lo + 4 * CHUNK].tolist(), strict=True)))
+        for table, name, definition in fks:
+            cur.execute(f'ALTER TABLE {table} ADD CONSTRAINT "{name}" {definition}')
         cur.execute("SELECT setval('photos_id_seq', %s)", (n,))
     conn.commit()
+    conn.autocommit = True
     with conn.cursor() as cur:
-        conn.autocommit = True
-        cur.execute("VACUUM ANALYZE photos")
-        cur.execute("VACUUM ANALYZE photo_hash_bands")
-        cur.execute("VACUUM ANALYZE photo_hashes")
+        for table in ("photos", "photo_hash_bands", "photo_hashes"):
+            cur.execute(f"VACUUM ANALYZE {table}")
     raw.close()
 
 
-def flip(h: str, bits: int, rnd: random.Random) -> str:
-    v = int(h, 16)
-    for b in rnd.sample(range(256), bits):
-        v ^= 1 << b
-    return f"{v:064x}"
-
-
-def percentiles(samples: list[float]) -> tuple[float, float]:
+def percentiles(samples: list[float]) -> dict:
     s = sorted(samples)
-    return statistics.median(s) * 1000, s[min(len(s) - 1, int(len(s) * 0.99))] * 1000
+    return {"p50": round(statistics.median(s) * 1000, 3), "p99": round(s[min(len(s) - 1, int(len(s) * 0.99))] * 1000, 3)}
 
 
-def time_lookups(db: Database, queries: list[list[str]]) -> tuple[list[float], int]:
+def make_queries(words: np.ndarray, scenes, q: int, seed: int) -> dict[str, list[list[str]]]:
+    rng = np.random.default_rng(seed)
+    n = len(words)
+    if scenes is None:
+        new = random_words(q * 8, seed + 2)
+    else:  # a new photo of a known scene, and 7 variants that are new photos of other scenes
+        new = flip_words(scenes[rng.integers(0, len(scenes), size=q * 8)], 28, 44, rng)
+    near = flip_words(words[rng.integers(0, n, size=q)], 12, 12, rng)
+    newq = [hexes(new[i * 8 : i * 8 + 8]) for i in range(q)]
+    nearq = [hexes(near[i : i + 1]) + newq[(i + 1) % q][1:] for i in range(q)]
+    return {"new photo": newq, "near copy": nearq}
+
+
+def time_lookups(db: Database, queries: list[list[str]], method: str) -> tuple[list[float], int]:
     times, found = [], 0
     with db.Session() as session:
         for variants in queries:
             start = time.perf_counter()
-            match = dedup.nearest(session, variants)
+            match = dedup.nearest(session, variants, method=method)
             times.append(time.perf_counter() - start)
             found += match is not None
             session.rollback()
     return times, found
 
 
-def full_scan(db: Database, query: str) -> int:
-    """The baseline: every stored hash compared with the query, in the database."""
+def under_lock(db: Database, words: np.ndarray, method: str, uploads: int, seed: int) -> dict:
+    """Uploads as intake commits them: lock, look up (catching up), insert photo + hash + bands."""
+    fresh = hexes(random_words(uploads, seed))
+    lookups, holds = [], []
     with db.engine.connect() as conn:
-        if db.is_sqlite:
-            conn.connection.driver_connection.create_function(
-                "hamming", 2, lambda a, b: (int(a, 16) ^ int(b, 16)).bit_count(), deterministic=True
-            )
-            return conn.execute(text("SELECT min(hamming(pdq, :q)) FROM photos"), {"q": query}).scalar()
-        return conn.execute(
-            text("SELECT min(bit_count(('x' || pdq)::bit(256) # ('x' || :q)::bit(256))) FROM photos"), {"q": query}
-        ).scalar()
-
-
-def run(name: str, db: Database, seed, n: int, q: int) -> None:
-    start = time.perf_counter()
-    seed(db, n)
-    print(f"\n== {name}: seeded {n:,} photos and {16 * n:,} band rows in {time.perf_counter() - start:.0f} s")
-    rnd = random.Random(11)
-    stored = [h for _, h in rows(min(n, 50_000))]
-    misses8 = [[f"{rnd.getrandbits(256):064x}" for _ in range(8)] for _ in range(q)]
-    hits8 = [[flip(rnd.choice(stored), 12, rnd)] + [f"{rnd.getrandbits(256):064x}" for _ in range(7)] for _ in range(q)]
-    time_lookups(db, misses8[:20])  # warm the caches
-    for label, queries in (("new photo, 8 variants", misses8), ("near copy, 8 variants", hits8),
-                           ("new photo, 1 variant", [m[:1] for m in misses8])):
-        times, found = time_lookups(db, queries)
-        p50, p99 = percentiles(times)
-        print(f"  index  {label:<22} p50 {p50:7.2f} ms  p99 {p99:7.2f} ms  ({found}/{len(queries)} matched)")
-    scans = []
-    for variants in misses8[:5]:
+        top = conn.execute(text("SELECT max(id) FROM photos")).scalar()
+    for i, h in enumerate(fresh):
+        pid = top + 1 + i
         t0 = time.perf_counter()
-        full_scan(db, variants[0])
-        scans.append(time.perf_counter() - t0)
-    p50, _ = percentiles(scans)
-    print(f"  full scan, 1 variant            p50 {p50:7.1f} ms  (index is {p50 / percentiles(time_lookups(db, misses8[:50])[0])[0]:.0f}x faster with 8 variants)")
+        with db.write_transaction() as tx:
+            t1 = time.perf_counter()
+            dedup.nearest(tx, [h] + fresh[(i + 1) % uploads : (i + 1) % uploads + 7], method=method)
+            lookups.append(time.perf_counter() - t1)
+            tx.execute(text(
+                "INSERT INTO photos (id, user_id, sha256, storage_key, thumb_key, format, size_bytes, width, height, orientation, "
+                "pdq, pdq_quality, sharpness, brightness, contrast, original_filename, status, burst, created_at) "
+                "VALUES (:id, 1, :sha, 'o', 't', 'JPEG', 1, 1000, 800, 1, :pdq, 100, 100, 100, 50, 'x.jpg', 'accepted', false, '2026-01-01')"),
+                {"id": pid, "sha": f"{pid:064x}", "pdq": h})
+            dedup.add_bands(tx, pid, 1, h)
+        holds.append(time.perf_counter() - t0)
+    return {"lookup": percentiles(lookups), "transaction": percentiles(holds)}
+
+
+def run(name: str, db: Database, seed, kind: str, n: int, q: int, say) -> dict:
+    t = time.perf_counter()
+    if kind == "random":
+        words, scenes = random_words(n, 7), None
+    else:
+        words, scenes = clustered_words(n, 7)
+    seed(db, words)
+    seeded = time.perf_counter() - t
+    say(f"\n== {name}, {kind} hashes: seeded {n:,} photos and {16 * n:,} band rows in {seeded:.0f} s")
+    out: dict = {"database": name, "data": kind, "rows": n, "seed_seconds": round(seeded, 1)}
+    queries = make_queries(words, scenes, q, 11)
+
+    index = dedup.index_for(db.engine)
+    t = time.perf_counter()
+    index.warm()
+    out["index"] = {"load_seconds": round(time.perf_counter() - t, 2), "megabytes": round(index.stats()["bytes"] / 2**20, 1)}
+    say(f"  memory index: loaded in {out['index']['load_seconds']:.1f} s, {out['index']['megabytes']:.0f} MB")
+
+    for method in ("sql", "memory"):
+        time_lookups(db, queries["new photo"][:20], method)  # warm the caches
+        for label, qs in queries.items():
+            times, found = time_lookups(db, qs, method)
+            p = percentiles(times)
+            out.setdefault(method, {})[label] = {**p, "matched": found, "queries": len(qs)}
+    for label in queries:
+        s, m = out["sql"][label], out["memory"][label]
+        say(f"  {label:<10} sql p50 {s['p50']:7.2f} p99 {s['p99']:7.2f} ms | memory p50 {m['p50']:6.2f} p99 {m['p99']:6.2f} ms"
+            f" | {s['p99'] / m['p99']:5.1f}x at p99  (matched sql {s['matched']}, memory {m['matched']} of {s['queries']})")
+    uploads = min(q, 200)
+    for method in ("sql", "memory"):
+        out.setdefault("under_lock", {})[method] = r = under_lock(db, words, method, uploads, 100 + len(method))
+        say(f"  under the write lock ({method:<6}, {uploads} uploads): lookup p50 {r['lookup']['p50']:6.2f} p99 {r['lookup']['p99']:6.2f} ms,"
+            f" whole transaction p50 {r['transaction']['p50']:6.2f} p99 {r['transaction']['p99']:6.2f} ms")
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--queries", type=int, default=300)
-    parser.add_argument("--postgres", default=os.environ.get("COLLECTOR_TEST_POSTGRES_URL", "postgresql+psycopg://root@127.0.0.1:5432/test"))
+    parser.add_argument("--data", default="random,clustered")
+    parser.add_argument("--postgres", default=os.environ.get("COLLECTOR_TEST_POSTGRES_URL", "postgresql+psycopg://root@127.0.0.1:5432/postgres"),
+                        help="an admin URL; the bench creates and drops a database of its own")
     parser.add_argument("--no-postgres", action="store_true")
     parser.add_argument("--no-sqlite", action="store_true")
+    parser.add_argument("--json", action="store_true", help="print one JSON document (the table goes to stderr)")
     args = parser.parse_args()
-
-    if not args.no_sqlite:
-        with tempfile.TemporaryDirectory() as tmp:
-            db = Database(f"sqlite:///{tmp}/bench.sqlite3")
-            db.migrate()
-            run("SQLite", db, seed_sqlite, args.rows, args.queries)
-            db.dispose()
-    if not args.no_postgres:
-        name = f"collector_bench_{uuid.uuid4().hex[:8]}"
-        admin = create_engine(args.postgres, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        try:
-            db = Database(make_url(args.postgres).set(database=name).render_as_string(hide_password=False))
-            db.migrate()
-            run("PostgreSQL", db, seed_postgres, args.rows, args.queries)
-            db.dispose()
-        finally:
+    say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else (lambda *a: print(*a, flush=True))
+    results = []
+    for kind in args.data.split(","):
+        if not args.no_sqlite:
+            with tempfile.TemporaryDirectory() as tmp:
+                db = Database(f"sqlite:///{tmp}/bench.sqlite3")
+                db.migrate()
+                results.append(run("SQLite", db, seed_sqlite, kind, args.rows, args.queries, say))
+                db.dispose()
+        if not args.no_postgres:
+            name = f"collector_bench_{uuid.uuid4().hex[:8]}"
+            admin = create_engine(args.postgres, isolation_level="AUTOCOMMIT")
             with admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            admin.dispose()
+                conn.execute(text(f'CREATE DATABASE "{name}"'))
+            try:
+                db = Database(make_url(args.postgres).set(database=name).render_as_string(hide_password=False))
+                db.migrate()
+                results.append(run("PostgreSQL", db, seed_postgres, kind, args.rows, args.queries, say))
+                db.dispose()
+            finally:
+                with admin.connect() as conn:
+                    conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+                admin.dispose()
+    if args.json:
+        print(json.dumps({"benchmark": "dedup_lookup", "results": results}, indent=2))
 
 
 if __name__ == "__main__":
+    random.seed(0)
     main()
