@@ -13,6 +13,7 @@ from flask_login import LoginManager
 from flask_wtf.csrf import CSRFProtect
 from PIL import Image
 
+from . import dedup
 from .config import PROJECT_ROOT, SETTINGS, load_settings
 from .db import Database
 from .intake import Intake
@@ -74,8 +75,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
 
-    db = Database(settings["DATABASE_URL"], scopefunc=lambda: id(app_ctx._get_current_object()))
+    db = Database(settings["DATABASE_URL"], scopefunc=lambda: id(app_ctx._get_current_object()), pool_size=settings["DB_POOL_SIZE"])
     db.migrate()
+    dedup.configure(db.engine, settings["NEAR_INDEX"])
     storage = open_storage(settings["STORAGE_URL"], settings["S3_ENDPOINT_URL"])
     intake = Intake(db, storage, settings)
     app.extensions["collector"] = Collector(settings, db, storage, intake)

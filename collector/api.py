@@ -77,6 +77,9 @@ def authenticated(view):
         else:
             return api_error(401, "unauthorized", "Log in, or send an API token as 'Authorization: Bearer TOKEN'.")
         g.api_user = user
+        # The user is loaded: the request session's connection goes back to the pool, so
+        # the view (intake's own transactions) holds at most one connection at a time.
+        services().db.release()
         return view(*args, **kwargs)
 
     return wrapper

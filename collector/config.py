@@ -40,6 +40,13 @@ def _positive_int(value: str) -> int:
     return n
 
 
+def _near_index(value: str) -> str:
+    v = value.strip().lower()
+    if v not in ("memory", "sql"):
+        raise ValueError(f"expected memory or sql, got {value!r}")
+    return v
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str  # without the prefix
@@ -69,6 +76,8 @@ SETTINGS: list[Setting] = [
     Setting("LICENCE", "CC BY 4.0", "Licence contributors agree to for the dataset."),
     Setting("LICENCE_URL", "https://creativecommons.org/licenses/by/4.0/", "Link to the licence text shown at registration."),
     Setting("COOKIE_SECURE", False, "Send session cookies only over HTTPS. Turn on when served behind TLS.", _bool),
+    Setting("DB_POOL_SIZE", None, "Pooled database connections per process. Default: gunicorn's `--threads` + 2 (8 + 2 without it), so no request thread ever waits for a connection.", _positive_int),
+    Setting("NEAR_INDEX", "memory", "Where near-duplicates are looked up: `memory` (an in-process copy of the hashes that catches up from the database before each lookup, ~120 MB per process at a million photos) or `sql` (the database's band index alone).", _near_index),
     Setting("LOGIN_MAX_FAILURES", 10, "Failed log-ins per email or address within 15 minutes before log-in is refused for a while.", _positive_int),
 ]
 

@@ -9,6 +9,9 @@ transaction-level advisory lock. Either way the lock is released at commit or ro
 from __future__ import annotations
 
 import fcntl
+import os
+import shlex
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,17 +27,44 @@ INTAKE_LOCK = 0x504C4154  # advisory lock id for "near-duplicate check + insert"
 MIGRATE_LOCK = 0x504C4D47
 
 
+def server_threads(argv: list[str] | None = None, environ=None) -> int:
+    """The request threads of this process: gunicorn's ``--threads`` (from its command line or
+    ``GUNICORN_CMD_ARGS``), else 8 (gunicorn's gthread setting in the README)."""
+    environ = os.environ if environ is None else environ
+    args = list(sys.argv if argv is None else argv) + shlex.split(environ.get("GUNICORN_CMD_ARGS", ""))
+    for i, arg in enumerate(args):
+        value = None
+        if arg == "--threads" and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith("--threads="):
+            value = arg.split("=", 1)[1]
+        if value and value.isdigit() and int(value) > 0:
+            return int(value)
+    return 8
+
+
+# Beyond one connection per request thread: the near-duplicate index's background load, and
+# the CLI's own session next to its write transactions.
+SPARE_CONNECTIONS = 2
+
+
 class Database:
-    def __init__(self, url: str, scopefunc=None):
+    def __init__(self, url: str, scopefunc=None, pool_size: int | None = None):
         self.url = make_url(url)
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
         kwargs: dict = {"future": True}
+        memory = self.is_sqlite and self.url.database in (None, "", ":memory:")
         if self.is_sqlite:
-            if self.url.database and self.url.database != ":memory:":
+            if not memory:
                 Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
             kwargs["connect_args"] = {"timeout": 60, "check_same_thread": False}
         else:
-            kwargs.update(pool_pre_ping=True, pool_size=5, max_overflow=10)
+            kwargs["pool_pre_ping"] = True
+        if not memory:
+            # One connection per request thread plus spares; the overflow only matters for code
+            # that still takes a second connection per thread (it is bounded, not unlimited).
+            self.pool_size = pool_size or server_threads() + SPARE_CONNECTIONS
+            kwargs.update(pool_size=self.pool_size, max_overflow=self.pool_size, pool_timeout=30)
         self.engine: Engine = create_engine(self.url, **kwargs)
         if self.is_sqlite:
             _sqlite_transactions(self.engine)
@@ -42,13 +72,32 @@ class Database:
         # One session per app context (request, CLI command), removed at teardown.
         self.session = scoped_session(self.Session, scopefunc=scopefunc)
 
+    def release(self) -> None:
+        """Hand the request session's connection back to the pool, if it only read.
+
+        Its read transaction ends (a commit with nothing to write); loaded objects stay usable
+        (``expire_on_commit=False``) and the next query takes a connection again. Called before
+        a write transaction and by views before ``intake.submit``, so a thread never holds one
+        connection while it waits for another. Outside an app context there is nothing to do.
+        """
+        try:
+            if not self.session.registry.has():
+                return
+        except RuntimeError:  # no app context: no request session
+            return
+        session = self.session()
+        if session.in_transaction() and not (session.new or session.dirty or session.deleted):
+            session.commit()
+
     @contextmanager
     def write_transaction(self, lock: bool = True) -> Iterator[Session]:
         """A session for one write transaction, committed when the block ends without error.
 
         SQLite takes its (single) write lock at BEGIN. On PostgreSQL, ``lock`` also takes the
         intake advisory lock, which serialises "look for duplicates, then insert" across workers.
+        The request session's read transaction ends first (``release``).
         """
+        self.release()
         with self.engine.connect() as conn:
             if self.is_sqlite:
                 conn.info["begin"] = "BEGIN IMMEDIATE"

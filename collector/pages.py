@@ -33,6 +33,7 @@ def upload():
         files = [f for f in request.files.getlist("photo") if f.filename or f.content_length]
         if len(files) > MAX_FORM_FILES:
             flash(f"Only the first {MAX_FORM_FILES} files were checked; send the others in another batch.", "error")
+        svc.db.release()  # current_user is loaded; intake takes connections of its own
         for storage in files[:MAX_FORM_FILES]:
             verdicts.append(svc.intake.submit(current_user.id, storage.stream, storage.filename))
     progress = svc.intake.progress(current_user.id)  # a fresh read, after the uploads' commits
