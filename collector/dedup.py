@@ -457,3 +457,45 @@ def _build_csr(words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     offsets = np.zeros((BANDS << BAND_BITS) + 1, dtype=np.int64)
     np.cumsum(counts, out=offsets[1:])
     return offsets, postings
+
+
+def pairs_within(pdq_hexes: list[str], radius: int = INDEX_RADIUS) -> list[tuple[int, int]]:
+    """Every pair (i, j), i < j, of hashes in the list within ``radius`` bits (at most 31).
+
+    The same multi-index search as ``nearest``, for a whole collection at once: for each band
+    and each of its 17 probes (the value and its one-bit neighbours), hashes are matched to
+    the hashes holding that value by a sorted search, in numpy, so the cost is 272 vectorised
+    passes instead of 272 dictionary probes per photo in Python (export's split grouping)."""
+    if radius > INDEX_RADIUS:
+        raise ValueError(f"radius {radius} is beyond the index radius {INDEX_RADIUS}")
+    n = len(pdq_hexes)
+    if n < 2:
+        return []
+    words = hashes_to_words(pdq_hexes)
+    bands = band_values(words)
+    found: list[np.ndarray] = []
+    for b in range(BANDS):
+        order = np.argsort(bands[b], kind="stable")
+        offsets = np.zeros((1 << BAND_BITS) + 1, dtype=np.int64)
+        np.cumsum(np.bincount(bands[b], minlength=1 << BAND_BITS), out=offsets[1:])
+        values = bands[b].astype(np.int64)
+        for flip in (0, *(1 << i for i in range(BAND_BITS))):
+            probe = values ^ flip
+            lo = offsets[probe]
+            counts = offsets[probe + 1] - lo
+            total = int(counts.sum())
+            if not total:
+                continue
+            left = np.repeat(np.arange(n), counts)
+            right = order[np.repeat(lo - (np.cumsum(counts) - counts), counts) + np.arange(total)]
+            keep = left < right  # each unordered pair once (the flipped probe finds it from both ends)
+            if keep.any():
+                found.append(left[keep] * n + right[keep])
+    if not found:
+        return []
+    codes = np.sort(np.concatenate(found))
+    codes = codes[np.concatenate(([True], codes[1:] != codes[:-1]))]  # np.unique hashes: 10x slower
+    i, j = codes // n, codes % n
+    d = np.bitwise_count(words[i] ^ words[j]).sum(axis=1)
+    close = d <= radius
+    return list(zip(i[close].tolist(), j[close].tolist(), strict=True))

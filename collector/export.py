@@ -94,17 +94,11 @@ def assign_splits(photos: list[Photo], pseudonyms: dict[int, str], ratios: tuple
             parent[max(ra, rb)] = min(ra, rb)
 
     first_of_user: dict[int, int] = {}
-    bands: dict[int, list[int]] = {}
     for p in photos:
         union(p.id, first_of_user.setdefault(p.user_id, p.id))
-        for key in dedup.band_keys(p.pdq):
-            bands.setdefault(key, []).append(p.id)
-    by_id = {p.id: p for p in photos}
-    for p in photos:  # multi-index hashing in memory: neighbours within GROUP_RADIUS
-        for key in dedup.probe_keys(p.pdq):
-            for other in bands.get(key, ()):
-                if other != p.id and find(other) != find(p.id) and dedup.distance(p.pdq, by_id[other].pdq) <= GROUP_RADIUS:
-                    union(p.id, other)
+    # Neighbours within GROUP_RADIUS, whoever sent them: one vectorised multi-index search.
+    for i, j in dedup.pairs_within([p.pdq for p in photos], GROUP_RADIUS):
+        union(photos[i].id, photos[j].id)
     # A group's split comes from a hash of its smallest contributor pseudonym: the same group
     # lands in the same split in every export, however the rest of the collection grows, so an
     # incremental export never moves photos between splits. With hundreds of contributors the
@@ -124,8 +118,8 @@ def assign_splits(photos: list[Photo], pseudonyms: dict[int, str], ratios: tuple
 
 
 def _atomic_write(path: Path, data: bytes, durable: bool = True) -> None:
-    """Temporary file, then rename. Images skip the per-file fsync: one sync of the whole
-    export comes before the manifests that name them are replaced (see ``export``)."""
+    """Temporary file, then rename. Images skip the fsync here: ``_sync`` flushes the files
+    written (and their folders) before the manifests that name them are replaced."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
     try:
@@ -138,6 +132,26 @@ def _atomic_write(path: Path, data: bytes, durable: bool = True) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _sync(paths: list[Path], root: Path) -> None:
+    """fsync the files this run wrote, then their folders (the renames), and nothing else.
+
+    Deferred to the end of the images rather than one fsync per write: by then the kernel has
+    written most of them back, so each fsync mostly confirms. A global ``os.sync()`` would
+    also wait for every other program's dirty pages on the machine."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    for folder in sorted({p.parent for p in paths} | ({root} if paths else set())):
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _read_checksums(out: Path) -> dict[str, str]:
@@ -169,6 +183,7 @@ def export(db, storage, out: Path, options: Options, secret: str, licence: str, 
     old = _read_checksums(out)
     records: list[dict] = []
     written_sums: dict[str, str] = {}
+    written: list[Path] = []
     iterator = progress(photos) if progress else photos
     for p in iterator:
         ext = "jpg" if p.format in ("JPEG", "HEIF") else p.format.lower()
@@ -188,6 +203,7 @@ def export(db, storage, out: Path, options: Options, secret: str, licence: str, 
             exif = minimal_exif(orientation, p.camera_make, p.camera_model, p.captured_at, gps)
             data, _ = publishable(original, p.format, exif)
             _atomic_write(target, data, durable=False)
+            written.append(target)
             digest = hashlib.sha256(data).hexdigest()
             summary.written += 1
             summary.bytes_written += len(data)
@@ -217,8 +233,7 @@ def export(db, storage, out: Path, options: Options, secret: str, licence: str, 
         summary.seconds = time.perf_counter() - started
         return summary
 
-    if summary.written:
-        os.sync()  # every new image is on disk before a manifest names it
+    _sync(written, out)  # every new image is on disk before a manifest names it
     manifests = _manifests(options, records, licence, summary)
     for rel, data in manifests.items():
         written_sums[rel] = hashlib.sha256(data).hexdigest()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import re
 import struct
 import zlib
 
@@ -97,6 +98,7 @@ def jpeg_segments(data: bytes):
     if data[:2] != b"\xff\xd8":
         raise ValueError("not a JPEG")
     pos = 2
+    appended = False  # a segment declares images or video after the first image's EOI
     while pos < len(data):
         if data[pos] != 0xFF:
             # junk between segments (some writers leave it): skip to the next marker
@@ -110,23 +112,54 @@ def jpeg_segments(data: bytes):
             pos += 1
             continue
         if marker == 0xDA:  # start of scan: the rest up to EOI is compressed data
-            eoi = _find_eoi(data, pos)
-            yield "SOS", pos, eoi
+            yield "SOS", pos, _find_eoi(data, pos, appended)
             return
         if 0xD0 <= marker <= 0xD7 or marker == 0x01:
             pos += 2
             continue
         (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
-        yield marker, pos, pos + 2 + length
-        pos += 2 + length
+        end = pos + 2 + length
+        if marker in (0xE1, 0xE2) and _declares_appended(data, pos, end):
+            appended = True
+        yield marker, pos, end
+        pos = end
     raise ValueError("no scan in JPEG")
 
 
-def _find_eoi(data: bytes, sos: int) -> int:
-    """End of the first image: the first EOI after the scan (0xFF in scan data is always
-    followed by 0x00 or a marker, so this is exact); MPO's further frames follow it."""
-    pos = data.find(b"\xff\xd9", sos)
-    return len(data) if pos < 0 else pos + 2
+# MPF (MPO frames, gain maps) and XMP containers (motion photos, depth maps) put more images
+# or a video after the first image's EOI; so may a trailer whose end is not an EOI.
+_APPENDED = (b"MPF\x00", )
+_XMP = b"http://ns.adobe.com/xap/1.0/\x00"
+
+
+def _declares_appended(data: bytes, start: int, end: int) -> bool:
+    body = data[start + 4 : end]
+    if body.startswith(_APPENDED):
+        return True
+    return body.startswith(_XMP) and (b"Container" in body or b"MotionPhoto" in body or b"GDepth" in body
+                                      or b"GImage" in body or b"MicroVideo" in body)
+
+
+def _find_eoi(data: bytes, sos: int, appended: bool = True) -> int:
+    """End of the first image.
+
+    From the structure when it says so: a file that ends with EOI and declares nothing after
+    its first image (no MPF, no XMP container) is one image, so its EOI is the file's last two
+    bytes, found without reading the 3 MB of scan data. Otherwise the first EOI after the scan
+    (0xFF in scan data is always followed by 0x00 or a marker, so this is exact); MPO's
+    further frames, a motion photo's video and other trailers follow it and are left out.
+    """
+    if not appended and data.endswith(b"\xff\xd9") and len(data) - 2 > sos:
+        return len(data)
+    return _scan_for_eoi(data, sos)
+
+
+_EOI = re.compile(b"\xff\xd9")
+
+
+def _scan_for_eoi(data: bytes, sos: int) -> int:
+    m = _EOI.search(data, sos)  # the regex engine finds two bytes twice as fast as bytes.find here
+    return len(data) if m is None else m.end()
 
 
 def scan_data(data: bytes) -> bytes:

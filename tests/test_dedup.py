@@ -207,3 +207,14 @@ def test_late_commit_below_the_last_id_is_found(app):
     with db.Session() as session:
         match = dedup.nearest(session, [late] * 8, method="memory")
     assert match is not None and match.photo_id == 7 and match.distance == 0
+
+
+def test_pairs_within_finds_every_close_pair():
+    """Export's split grouping: the vectorised multi-index search equals comparing all pairs."""
+    rnd = random.Random(21)
+    hashes = clustered(600, rnd) + [hx(rnd.getrandbits(256)) for _ in range(200)]
+    ints = [int(h, 16) for h in hashes]
+    brute = {(i, j) for i in range(len(ints)) for j in range(i + 1, len(ints)) if (ints[i] ^ ints[j]).bit_count() <= 31}
+    assert len(brute) > 50
+    assert set(dedup.pairs_within(hashes)) == brute
+    assert dedup.pairs_within(hashes[:1]) == []

@@ -7,6 +7,7 @@ import csv
 import hashlib
 import io
 import json
+import struct
 
 import exifread
 import pytest
@@ -239,3 +240,46 @@ def test_dry_run_writes_nothing_and_bad_split_is_refused(runner, collection, tmp
     assert r.exit_code == 0 and "DRY RUN" in r.stderr and not (tmp_path / "x").exists()
     r = runner.invoke(args=["export", str(tmp_path / "x"), "--split", "80/30/10"])
     assert r.exit_code != 0 and "adding up to 100" in r.output
+
+
+def _jpeg_files():
+    from .conftest import CORPUS
+
+    if not CORPUS.is_dir():
+        pytest.skip(f"needs ../shared/corpus ({CORPUS} is absent)")
+    return [p for p in sorted(CORPUS.rglob("*")) if p.is_file() and p.read_bytes()[:2] == b"\xff\xd8"]
+
+
+def test_end_of_image_from_the_structure_is_where_a_full_scan_finds_it():
+    """The export finds the first image's EOI from the segments (no pass over 3 MB of scan
+    data) only where that is the scan's answer: every JPEG and MPO of the corpus agrees."""
+    checked = 0
+    for path in _jpeg_files():
+        data = path.read_bytes()
+        try:
+            *_, (marker, sos, eoi) = privacy.jpeg_segments(data)
+        except (ValueError, struct.error):
+            continue
+        assert marker == "SOS"
+        assert eoi == privacy._scan_for_eoi(data, sos), path.name
+        checked += 1
+    assert checked >= 60
+
+
+def test_what_follows_the_first_image_is_left_out():
+    first = _plain_jpeg()
+    second = _plain_jpeg(colour=(0, 200, 0))
+    xmp = b"http://ns.adobe.com/xap/1.0/\x00<x:xmpmeta><Container:Directory/></x:xmpmeta>"
+    app1 = b"\xff\xe1" + struct.pack(">H", len(xmp) + 2) + xmp
+    declared = first[:2] + app1 + first[2:] + second  # a motion/depth photo: declared in XMP
+    out = privacy.clean_jpeg(declared, privacy.minimal_exif(1, None, None, None))
+    assert out.endswith(privacy.scan_data(first)) and second not in out
+    trailer = first + b"VIDEO" * 100  # an undeclared trailer that is not an image
+    out = privacy.clean_jpeg(trailer, privacy.minimal_exif(1, None, None, None))
+    assert out.endswith(privacy.scan_data(first)) and b"VIDEO" not in out
+
+
+def _plain_jpeg(colour=(200, 30, 30)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), colour).save(buf, "JPEG")
+    return buf.getvalue()
