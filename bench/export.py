@@ -3,7 +3,7 @@
     python bench/export.py [--photos 60] [--contributors 20] [--size 4032x3024] [--pairs 5]
 
 Generates distinct phone-like photos (tests/synthetic.py scenes with sensor-like noise, JPEG
-quality 90 with EXIF: about 3 MB at 12 MP), runs them through intake into a temporary SQLite
+quality 92 with EXIF: about 3 MB at 12 MP), runs them through intake into a temporary SQLite
 database and folder store, then runs ``--pairs`` pairs of (1) a plain copy of the stored
 originals into a new folder, each file fsynced, and (2) a full ``export`` (imagefolder) into
 another new folder, which fsyncs what it writes; each pair's ratio is copy time / export time
@@ -41,9 +41,9 @@ def phone_photo(args) -> bytes:
     with Image.open(io.BytesIO(base)) as im:
         exif = im.info.get("exif")
         pixels = np.asarray(im.convert("RGB"), dtype=np.int16)
-    noise = np.random.default_rng(seed).normal(0, 4, pixels.shape).astype(np.int16)  # sensor noise
+    noise = np.random.default_rng(seed).normal(0, 7, pixels.shape).astype(np.int16)  # sensor noise
     out = io.BytesIO()
-    Image.fromarray(np.clip(pixels + noise, 0, 255).astype(np.uint8)).save(out, "JPEG", quality=90, exif=exif)
+    Image.fromarray(np.clip(pixels + noise, 0, 255).astype(np.uint8)).save(out, "JPEG", quality=92, exif=exif)
     return out.getvalue()
 
 

@@ -1,60 +1,83 @@
-"""Per-photo CPU time of the intake pipeline, next to baselines measured in the same run.
+"""CPU per photo of the whole ``Intake.submit`` on real phone and camera photos, next to the
+decoder's floor and a naive pipeline measured in the same run.
 
-    python bench/ingest.py [PHOTO_OR_FOLDER ...]     (default: ../shared/corpus/plates)
+    python bench/ingest.py [--repeat 5] [--phone-copies 3] [--json] [PHOTO ...]
 
-It runs twice: on the photos as they are (the corpus ones are small, 0.8 MP on average), and on
-12-megapixel copies of them (4032x3024 JPEG, quality 92, as a phone writes them), made in a
-temporary folder, since a phone photo is what attendees send.
+Headline rows: every real camera or phone photo of ../shared/corpus (a camera make in its
+EXIF, at least 0.25 MP; the 100-pixel camera thumbnails and the game screenshot are left out):
+iPhone 11 Pro Max HEIC, iPhone 5, iPhone 4S, Motorola XT907, LG KM555, T-Mobile, Nikon,
+Minolta, Canon, Panasonic. An extra row: generated 12 MP copies (4032x3024, quality 92).
 
-Rows (CPU seconds of this process, or of the child for djpeg, per photo, best of --repeat):
-  pipeline   what intake does to the bytes: sniff, one reduced decode, EXIF, PDQ (8 variants),
-             quality figures, thumbnail
-  naive      full decode + Image.verify() on a second open + imagehash.phash + exifread on the file
-  djpeg/8    Debian's `djpeg -scale 1/8` decoding the same JPEGs (the floor for a JPEG decode)
-  submit     the whole intake.submit on a temporary SQLite + folder store (wall time: includes
-             the fsyncs and the database commit)
+For each photo, the median over ``--repeat`` runs (each a fresh app on a fresh SQLite file and
+folder store, so every submit is a first upload) of:
+
+  submit   CPU seconds of this process (all threads) plus finished child processes during
+           ``svc.intake.submit(...)``: spool, SHA-256, decode, EXIF, checks, PDQ, lookups,
+           store with fsync, the commit. Also: SQL statements per submit and their wall time,
+           and how long the write lock was held.
+  floor    Pillow ``draft('RGB', (w/8, h/8))`` + ``load()`` (libjpeg-turbo's 1/8 IDCT), the
+           least any JPEG decode costs; for HEIC, a full decode (libheif has no reduced path).
+  naive    full decode + ``verify()`` on a second open + imagehash.phash + exifread.
+
+Ratios: submit / floor (goal <= 1.5, aim 1.25) and naive / submit (goal >= 3).
 """
 
 from __future__ import annotations
 
 import argparse
 import io
-import os
+import json
 import resource
-import shutil
-import subprocess
+import statistics
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from PIL import Image  # noqa: E402
+from sqlalchemy import event  # noqa: E402
 
-from collector import imaging, metadata  # noqa: E402
+from collector.imaging import _register_heif  # noqa: E402
 
-DEFAULT = ROOT.parent / "shared" / "corpus" / "plates"
+CORPUS = ROOT.parent / "shared" / "corpus"
+NOT_CAMERAS = ("Polyphony Digital",)  # Gran Turismo 5 screenshots
+PHONES = ("Apple", "Motorola", "LG Electronics", "T-Mobile", "samsung", "Google", "HUANWEI", "Xiaomi", "OnePlus", "Nokia", "Jolla")
 
 
-def photos(args: list[str]) -> list[Path]:
-    found: list[Path] = []
-    for raw in args or [str(DEFAULT)]:
-        p = Path(raw)
-        items = sorted(p.rglob("*")) if p.is_dir() else [p]
-        found += [f for f in items if f.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp", ".heic")]
+def cpu() -> float:
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def camera_photos() -> list[tuple[Path, str, bool]]:
+    """(path, "Make Model", is_phone) of every real camera/phone JPEG and HEIC in the corpus."""
+    _register_heif()
+    found = []
+    for f in sorted(CORPUS.rglob("*")):
+        if not f.is_file() or "pillow-bad" in f.parts or f.suffix.lower() not in (".jpg", ".jpeg", ".heic", ".heif"):
+            continue
+        try:
+            with Image.open(f) as im:
+                w, h = im.size
+                exif = im.getexif()
+                make, model = (exif.get(0x010F) or "").strip(), (exif.get(0x0110) or "").strip()
+        except Exception:
+            continue
+        if make and not make.startswith(NOT_CAMERAS) and w * h >= 250_000:
+            found.append((f, f"{make} {model}", make.startswith(PHONES)))
     return found
 
 
-def pipeline(path: Path) -> None:
-    head = path.open("rb").read(64)
-    fmt, _ = imaging.sniff(head)
-    d = imaging.decode(path, fmt, 120_000_000)
-    meta = metadata.read_metadata(d.exif)
-    small = d.small if d.orientation_applied else imaging.orient(d.small, meta.orientation)
-    imaging.fingerprint(small)
-    imaging.thumbnail_jpeg(small)
+def floor(path: Path) -> None:
+    with Image.open(path) as im:
+        if im.format == "JPEG":
+            im.draft("RGB", (im.width // 8, im.height // 8))
+        im.load()
 
 
 def naive(path: Path) -> None:
@@ -70,45 +93,73 @@ def naive(path: Path) -> None:
         exifread.process_file(fh, details=False)
 
 
-def cpu_per_photo(fn, files: list[Path], repeat: int) -> float:
-    best = float("inf")
+def cpu_of(fn, path: Path, repeat: int) -> float:
+    times = []
     for _ in range(repeat):
-        start = time.process_time()
-        for f in files:
-            fn(f)
-        best = min(best, time.process_time() - start)
-    return best / len(files)
+        t = cpu()
+        fn(path)
+        times.append(cpu() - t)
+    return statistics.median(times)
 
 
-def djpeg_per_photo(files: list[Path], repeat: int) -> float | None:
-    exe = shutil.which("djpeg")
-    if not exe:
-        return None
-    best = float("inf")
-    for _ in range(repeat):
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        for f in files:
-            subprocess.run([exe, "-scale", "1/8", "-outfile", os.devnull, str(f)], check=True)
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        best = min(best, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime))
-    return best / len(files)
+class Probe:
+    """SQL statements and their wall time, and the write lock's hold time, during one submit."""
+
+    def __init__(self, db):
+        self.statements = 0
+        self.sql_seconds = 0.0
+        self.lock_seconds = 0.0
+        event.listen(db.engine, "before_cursor_execute", self._before)
+        event.listen(db.engine, "after_cursor_execute", self._after)
+        original = db.write_transaction
+
+        @contextmanager
+        def timed(lock: bool = True):
+            start = time.perf_counter()
+            try:
+                with original(lock) as tx:
+                    yield tx
+            finally:
+                if lock:
+                    self.lock_seconds += time.perf_counter() - start
+
+        db.write_transaction = timed
+
+    def _before(self, conn, *_):
+        conn.info["bench_t"] = time.perf_counter()
+
+    def _after(self, conn, *_):
+        self.statements += 1
+        self.sql_seconds += time.perf_counter() - conn.info.pop("bench_t", time.perf_counter())
+
+    def reset(self):
+        self.statements, self.sql_seconds, self.lock_seconds = 0, 0.0, 0.0
 
 
-def submit_per_photo(files: list[Path]) -> tuple[float, int]:
+def submit_runs(files: list[Path], repeat: int) -> dict[Path, dict]:
     from collector import accounts, create_app
 
-    with tempfile.TemporaryDirectory() as tmp:
-        app = create_app({"DATA_DIR": tmp, "SECRET_KEY": "bench", "MIN_SIDE": 1})
-        svc = app.extensions["collector"]
-        user = accounts.create_user(svc.db, "bench@example.com", "Bench", "bench password 1", "CC BY 4.0")
-        svc.settings["MAX_PHOTOS"] = 10**6
-        start = time.perf_counter()
-        accepted = 0
-        for f in files:
-            accepted += svc.intake.submit(user.id, io.BytesIO(f.read_bytes()), f.name).accepted
-        elapsed = time.perf_counter() - start
-        svc.db.dispose()
-    return elapsed / len(files), accepted
+    runs: dict[Path, list[dict]] = {f: [] for f in files}
+    for _ in range(repeat):
+        with tempfile.TemporaryDirectory() as tmp:
+            app = create_app({"DATA_DIR": tmp, "SECRET_KEY": "bench", "MIN_SIDE": 1, "MAX_PHOTOS": 10**6})
+            svc = app.extensions["collector"]
+            user = accounts.create_user(svc.db, "bench@example.com", "Bench", "bench password 1", "CC BY 4.0")
+            probe = Probe(svc.db)
+            for f in files:
+                data = f.read_bytes()
+                probe.reset()
+                t = cpu()
+                w = time.perf_counter()
+                verdict = svc.intake.submit(user.id, io.BytesIO(data), f.name)
+                runs[f].append({"cpu": cpu() - t, "wall": time.perf_counter() - w, "status": verdict.code or verdict.status,
+                                "statements": probe.statements, "sql": probe.sql_seconds, "lock": probe.lock_seconds})
+            svc.db.dispose()
+    out = {}
+    for f, rs in runs.items():
+        out[f] = {k: statistics.median(r[k] for r in rs) for k in ("cpu", "wall", "statements", "sql", "lock")}
+        out[f]["status"] = rs[0]["status"]
+    return out
 
 
 def phone_copies(files: list[Path], folder: Path, count: int) -> list[Path]:
@@ -125,37 +176,73 @@ def phone_copies(files: list[Path], folder: Path, count: int) -> list[Path]:
     return out
 
 
-def report(title: str, files: list[Path], repeat: int) -> None:
-    jpegs = [f for f in files if f.open("rb").read(3) == b"\xff\xd8\xff"]
-    megapixels = sum(Image.open(f).size[0] * Image.open(f).size[1] for f in files) / len(files) / 1e6
-    print(f"== {title}: {len(files)} photos ({len(jpegs)} JPEG), mean {megapixels:.2f} MP, best of {repeat}")
-    ours = cpu_per_photo(pipeline, files, repeat)
-    base = cpu_per_photo(naive, files, repeat)
-    print(f"{'pipeline':<10} {ours * 1000:8.2f} ms CPU/photo")
-    print(f"{'naive':<10} {base * 1000:8.2f} ms CPU/photo   pipeline is {base / ours:.2f}x faster")
-    ours_jpeg = cpu_per_photo(pipeline, jpegs, repeat)
-    dj = djpeg_per_photo(jpegs, repeat)
-    if dj is None:
-        print("djpeg/8    (djpeg not installed: apt-get install libjpeg-turbo-progs)")
-    else:
-        print(f"{'djpeg/8':<10} {dj * 1000:8.2f} ms CPU/JPEG    pipeline on the JPEGs: {ours_jpeg * 1000:.2f} ms, {ours_jpeg / dj:.2f}x djpeg")
-    wall, accepted = submit_per_photo(files)
-    print(f"{'submit':<10} {wall * 1000:8.2f} ms wall/photo (SQLite + folder, {accepted}/{len(files)} accepted)")
+def measure(rows: list[tuple[Path, str, bool]], repeat: int) -> list[dict]:
+    subs = submit_runs([p for p, *_ in rows], repeat)
+    results = []
+    for path, camera, phone in rows:
+        with Image.open(path) as im:
+            size = im.size
+        s = subs[path]
+        fl = cpu_of(floor, path, repeat)
+        nv = cpu_of(naive, path, repeat)
+        results.append({
+            "file": str(path.relative_to(CORPUS)) if path.is_relative_to(CORPUS) else path.name, "camera": camera,
+            "phone": phone, "megapixels": round(size[0] * size[1] / 1e6, 2), "bytes": path.stat().st_size,
+            "format": "HEIC" if path.suffix.lower() in (".heic", ".heif") else "JPEG", "verdict": s["status"],
+            "submit_cpu_ms": round(s["cpu"] * 1000, 2), "submit_wall_ms": round(s["wall"] * 1000, 2),
+            "sql_statements": s["statements"], "sql_ms": round(s["sql"] * 1000, 2), "lock_ms": round(s["lock"] * 1000, 2),
+            "floor_ms": round(fl * 1000, 2), "naive_ms": round(nv * 1000, 2),
+            "submit_over_floor": round(s["cpu"] / fl, 2), "naive_over_submit": round(nv / s["cpu"], 2),
+        })
+    return results
+
+
+def table(title: str, results: list[dict], say) -> dict:
+    say(f"\n== {title}")
+    say(f"{'photo':<44} {'MP':>5} {'fmt':>4} {'submit':>8} {'floor':>7} {'naive':>8} {'sub/floor':>9} {'naive/sub':>9}"
+        f" {'SQL':>4} {'SQL ms':>7} {'lock ms':>7}")
+    for r in results:
+        say(f"{(r['camera'][:22] + ' ' + Path(r['file']).name)[:44]:<44} {r['megapixels']:5.1f} {r['format']:>4} {r['submit_cpu_ms']:8.1f}"
+            f" {r['floor_ms']:7.1f} {r['naive_ms']:8.1f} {r['submit_over_floor']:8.2f}x {r['naive_over_submit']:8.2f}x"
+            f" {r['sql_statements']:4.0f} {r['sql_ms']:7.2f} {r['lock_ms']:7.2f}  {r['verdict']}")
+    summary = {}
+    for label, sel in (("phone JPEG", [r for r in results if r["phone"] and r["format"] == "JPEG"]),
+                       ("all JPEG", [r for r in results if r["format"] == "JPEG"]),
+                       ("HEIC", [r for r in results if r["format"] == "HEIC"])):
+        if sel:
+            summary[label] = m = {k: statistics.median(r[k] for r in sel) for k in
+                                  ("submit_cpu_ms", "floor_ms", "naive_ms", "submit_over_floor", "naive_over_submit", "sql_ms", "lock_ms", "sql_statements")}
+            say(f"median, {label} ({len(sel)}): submit {m['submit_cpu_ms']:.1f} ms CPU, floor {m['floor_ms']:.1f}, naive {m['naive_ms']:.1f}:"
+                f" {m['submit_over_floor']:.2f}x the floor, naive {m['naive_over_submit']:.2f}x slower;"
+                f" {m['sql_statements']:.0f} SQL statements, {m['sql_ms']:.1f} ms in SQL, lock held {m['lock_ms']:.1f} ms")
+    return summary
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("paths", nargs="*")
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--phone-copies", type=int, default=12, help="how many 12 MP copies to make (0: none)")
+    parser.add_argument("paths", nargs="*", help="photos to use instead of the corpus's camera photos")
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--phone-copies", type=int, default=3, help="generated 12 MP copies for the extra row (0: none)")
+    parser.add_argument("--json", action="store_true", help="print one JSON document (the table goes to stderr)")
     args = parser.parse_args()
-    files = photos(args.paths)
-    if not files:
-        sys.exit(f"no photos found in {args.paths or [str(DEFAULT)]}")
-    report("photos as given", files, args.repeat)
+    say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else (lambda *a: print(*a, flush=True))
+    if args.paths:
+        rows = [(Path(p), "given", True) for p in args.paths]
+    else:
+        rows = camera_photos()
+    if not rows:
+        sys.exit(f"no camera photos found under {CORPUS}")
+    doc = {"benchmark": "ingest", "repeat": args.repeat}
+    doc["corpus"] = measure(rows, args.repeat)
+    doc["corpus_summary"] = table(f"real camera and phone photos, median of {args.repeat} runs, CPU ms per photo", doc["corpus"], say)
     if args.phone_copies:
         with tempfile.TemporaryDirectory() as tmp:
-            report("12 MP phone-size copies", phone_copies(files, Path(tmp), args.phone_copies), args.repeat)
+            jpegs = [p for p, _, phone in rows if phone and p.suffix.lower() == ".jpg"]
+            copies = phone_copies(jpegs, Path(tmp), args.phone_copies)
+            doc["generated"] = measure([(p, "generated 12 MP", True) for p in copies], args.repeat)
+            doc["generated_summary"] = table("generated 12 MP copies (4032x3024, quality 92)", doc["generated"], say)
+    if args.json:
+        print(json.dumps(doc, indent=2))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import hmac
 import json
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -154,6 +155,21 @@ def _sync(paths: list[Path], root: Path) -> None:
             os.close(fd)
 
 
+WRITERS = min(4, os.cpu_count() or 1)
+
+
+def _write_image(storage, p: Photo, target: Path, options: Options) -> tuple[str, int]:
+    """Publish one photo: its bytes with rebuilt metadata, written atomically (not yet synced)."""
+    with storage.open(p.storage_key) as fh:
+        original = fh.read()
+    gps = (p.gps_lat, p.gps_lon) if options.keep_gps and p.gps_lat is not None else None
+    orientation = 1 if p.format == "HEIF" else p.orientation
+    exif = minimal_exif(orientation, p.camera_make, p.camera_model, p.captured_at, gps)
+    data, _ = publishable(original, p.format, exif)
+    _atomic_write(target, data, durable=False)
+    return hashlib.sha256(data).hexdigest(), len(data)
+
+
 def _read_checksums(out: Path) -> dict[str, str]:
     sums = {}
     path = out / CHECKSUMS
@@ -184,48 +200,52 @@ def export(db, storage, out: Path, options: Options, secret: str, licence: str, 
     records: list[dict] = []
     written_sums: dict[str, str] = {}
     written: list[Path] = []
-    iterator = progress(photos) if progress else photos
-    for p in iterator:
+    plan = []
+    for p in photos:
         ext = "jpg" if p.format in ("JPEG", "HEIF") else p.format.lower()
         file_name = f"{p.sha256}.{ext}"
         rel = _relative_path(options.format, splits[p.id], file_name)
-        target = out / rel
-        if rel in old and target.exists() and not options.dry_run:
-            digest = old[rel]  # written by an earlier run and listed in its checksums
-            summary.skipped += 1
-        elif options.dry_run:
-            digest = ""
-        else:
-            with storage.open(p.storage_key) as fh:
-                original = fh.read()
-            gps = (p.gps_lat, p.gps_lon) if options.keep_gps and p.gps_lat is not None else None
-            orientation = 1 if p.format == "HEIF" else p.orientation
-            exif = minimal_exif(orientation, p.camera_make, p.camera_model, p.captured_at, gps)
-            data, _ = publishable(original, p.format, exif)
-            _atomic_write(target, data, durable=False)
-            written.append(target)
-            digest = hashlib.sha256(data).hexdigest()
-            summary.written += 1
-            summary.bytes_written += len(data)
-        written_sums[rel] = digest
-        records.append({
-            "file_name": file_name if options.format == "imagefolder" else rel,
-            "sha256": digest,
-            "source_sha256": p.sha256,
-            "width": p.width,
-            "height": p.height,
-            # Strings throughout, "" when unknown: ML loaders infer a type per metadata file, and
-            # a split whose photos all lack a date would otherwise get a different schema.
-            # EXIF's own format also keeps Arrow from guessing a timestamp type in one split only.
-            "captured_at": p.captured_at.strftime(EXIF_DATE) if p.captured_at else "",
-            "camera_make": p.camera_make or "",
-            "camera_model": p.camera_model or "",
-            "contributor": pseudonyms[p.user_id],
-            "licence": licence,
-            "perceptual_hash": p.pdq,
-            "split": splits[p.id],
-            "_id": p.id,
-        })
+        plan.append((p, file_name, rel, out / rel))
+    # Reading, rewriting, hashing and writing release the GIL (file I/O, OpenSSL's SHA-256 on
+    # large buffers, Pillow for HEIF): a few threads keep both the disk and the cores busy.
+    # SHA-256 of the exported bytes is the largest part of the work without SHA-NI.
+    with ThreadPoolExecutor(WRITERS) as pool:
+        jobs = {
+            p.id: pool.submit(_write_image, storage, p, target, options)
+            for p, _, rel, target in plan
+            if not options.dry_run and not (rel in old and target.exists())
+        }
+        iterator = progress(plan) if progress else plan
+        for p, file_name, rel, target in iterator:
+            if options.dry_run:
+                digest = ""
+            elif p.id not in jobs:
+                digest = old[rel]  # written by an earlier run and listed in its checksums
+                summary.skipped += 1
+            else:
+                digest, size = jobs[p.id].result()
+                written.append(target)
+                summary.written += 1
+                summary.bytes_written += size
+            written_sums[rel] = digest
+            records.append({
+                "file_name": file_name if options.format == "imagefolder" else rel,
+                "sha256": digest,
+                "source_sha256": p.sha256,
+                "width": p.width,
+                "height": p.height,
+                # Strings throughout, "" when unknown: ML loaders infer a type per metadata file, and
+                # a split whose photos all lack a date would otherwise get a different schema.
+                # EXIF's own format also keeps Arrow from guessing a timestamp type in one split only.
+                "captured_at": p.captured_at.strftime(EXIF_DATE) if p.captured_at else "",
+                "camera_make": p.camera_make or "",
+                "camera_model": p.camera_model or "",
+                "contributor": pseudonyms[p.user_id],
+                "licence": licence,
+                "perceptual_hash": p.pdq,
+                "split": splits[p.id],
+                "_id": p.id,
+            })
 
     obsolete = [rel for rel in old if rel not in written_sums and not _is_manifest(rel)]
     summary.removed = len(obsolete)

@@ -1,0 +1,200 @@
+"""The database work of one accepted upload: today's intake calls next to the cut-down
+sequence recommended for the intake rewrite, in the same run, on SQLite and PostgreSQL.
+
+    python bench/intake_db.py [--uploads 300] [--stored 20000] [--postgres URL | --no-postgres]
+
+Both sequences run against the same database (``--stored`` photos already in it), with the
+same in-memory near-duplicate index, for ``--uploads`` new photos of one contributor each:
+
+  today        the calls intake.py makes: a session for the exact/quota check (a full Photo
+               row by SHA-256, then the count), a second session for the near lookup, then
+               under the write lock the exact/quota check again, the near lookup, the burst
+               update, the ORM insert and flush, hash + bands, the hourly counter, the count
+               update and a read of the new count;
+  recommended  one session before the lock for one exact+quota query and the near lookup;
+               under the lock the same one query, the near lookup (catching up with rows
+               since), the burst update, a Core insert with RETURNING id, hash + bands, the
+               hourly counter and ``UPDATE users ... RETURNING accepted_count``.
+
+Printed per upload (median, p95): CPU ms of this process, wall ms, and wall ms with the write
+lock held; the statements each sequence sends. The bench copies intake's calls as of this
+commit: it measures the advice, it is not a test of intake.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from sqlalchemy import create_engine, event, insert, select, text, update  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
+
+from collector import accounts, create_app, dedup, reports  # noqa: E402
+from collector.intake import mark_burst  # noqa: E402
+from collector.models import Photo, User, utcnow  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+from dedup_lookup import hexes, random_words  # noqa: E402
+
+
+def photo_values(user_id: int, sha: str, pdq: str, when: dt.datetime) -> dict:
+    return dict(user_id=user_id, sha256=sha, storage_key=f"originals/{sha}.jpg", thumb_key=f"thumbs/{sha}.jpg", format="JPEG",
+                size_bytes=3_000_000, width=4032, height=3024, orientation=1, captured_at=when, camera_make="Apple",
+                camera_model="iPhone", pdq=pdq, pdq_quality=100, sharpness=100.0, brightness=120.0, contrast=50.0,
+                original_filename="IMG.jpg")
+
+
+def today(svc, user_id: int, sha: str, variants: list[str], when: dt.datetime, clock: dict) -> None:
+    intake = svc.intake
+    session = svc.db.Session()
+    try:
+        assert intake._exact_or_quota(session, user_id, sha) is None
+    finally:
+        session.close()
+    session = svc.db.Session()
+    try:
+        dedup.nearest(session, variants)
+    finally:
+        session.close()
+    photo = Photo(**photo_values(user_id, sha, variants[0], when))
+    t = time.perf_counter()
+    with svc.db.write_transaction() as tx:
+        assert intake._exact_or_quota(tx, user_id, sha) is None
+        dedup.nearest(tx, variants)
+        photo.created_at = utcnow()
+        photo.burst = mark_burst(tx, user_id, when)
+        tx.add(photo)
+        tx.flush()
+        dedup.add_bands(tx, photo.id, user_id, variants[0])
+        reports.bump_hour(tx, photo.created_at, +1)
+        tx.execute(update(User).where(User.id == user_id).values(accepted_count=User.accepted_count + 1, last_upload_at=utcnow()))
+        tx.scalar(select(User.accepted_count).where(User.id == user_id))
+    clock["lock"] = time.perf_counter() - t
+
+
+# One round trip answers "same bytes already here (whose, what state)?" and "how many has this
+# contributor got?": the user row always exists, the photo row only for a known SHA-256.
+EXACT_AND_COUNT = (
+    select(User.accepted_count, Photo.id, Photo.user_id, Photo.status)
+    .select_from(User)
+    .outerjoin(Photo, Photo.sha256 == text(":sha"))
+    .where(User.id == text(":uid"))
+)
+
+
+def recommended(svc, user_id: int, sha: str, variants: list[str], when: dt.datetime, clock: dict) -> None:
+    with svc.db.Session() as session:
+        count, pid, *_ = session.execute(EXACT_AND_COUNT, {"sha": sha, "uid": user_id}).one()
+        assert pid is None
+        dedup.nearest(session, variants)
+    t = time.perf_counter()
+    with svc.db.write_transaction() as tx:
+        count, pid, *_ = tx.execute(EXACT_AND_COUNT, {"sha": sha, "uid": user_id}).one()
+        assert pid is None
+        dedup.nearest(tx, variants)
+        now = utcnow()
+        burst = mark_burst(tx, user_id, when)
+        photo_id = tx.execute(insert(Photo).values(**photo_values(user_id, sha, variants[0], when), created_at=now, burst=burst,
+                                                   status="accepted").returning(Photo.id)).scalar_one()
+        dedup.add_bands(tx, photo_id, user_id, variants[0])
+        reports.bump_hour(tx, now, +1)
+        tx.execute(update(User).where(User.id == user_id).values(accepted_count=User.accepted_count + 1, last_upload_at=now)
+                   .returning(User.accepted_count)).scalar_one()
+    clock["lock"] = time.perf_counter() - t
+
+
+def seed(svc, stored: int) -> int:
+    user = accounts.create_user(svc.db, "seed@example.com", "Seed", "bench password 1", "CC BY 4.0")
+    hs = hexes(random_words(stored, 3))
+    with svc.db.write_transaction() as tx:
+        now = utcnow()
+        for lo in range(0, stored, 5000):
+            ids = tx.execute(insert(Photo).returning(Photo.id),
+                             [dict(photo_values(user.id, f"{i:064x}", h, None), created_at=now) for i, h in enumerate(hs[lo : lo + 5000], lo)]).scalars().all()
+            for pid, h in zip(ids, hs[lo : lo + 5000], strict=True):
+                dedup.add_bands(tx, pid, user.id, h)
+    return user.id
+
+
+def run(name: str, settings: dict, uploads: int, stored: int) -> None:
+    app = create_app(settings)
+    svc = app.extensions["collector"]
+    try:
+        seed(svc, stored)
+        statements = {"n": 0}
+        event.listen(svc.db.engine, "before_cursor_execute", lambda *a: statements.__setitem__("n", statements["n"] + 1))
+        rnd = random.Random(5)
+        results = {}
+        words = random_words(uploads * 2 * 8, 17)
+        all_variants = hexes(words)
+        for k, (label, fn) in enumerate((("today", today), ("recommended", recommended)) * 2):
+            uid = accounts.create_user(svc.db, f"u{k}@example.com", "U", "bench password 1", "CC BY 4.0").id
+            cpu, wall, lock, stmts = [], [], [], []
+            for i in range(uploads):
+                j = (k % 2) * uploads + i
+                variants = all_variants[j * 8 : j * 8 + 8]
+                sha = uuid.uuid4().hex * 2
+                when = dt.datetime(2026, 11, 20, 9) + dt.timedelta(seconds=10 * i + rnd.random())
+                clock: dict = {}
+                statements["n"] = 0
+                c, w = time.process_time(), time.perf_counter()
+                fn(svc, uid, sha, variants, when, clock)
+                cpu.append(time.process_time() - c)
+                wall.append(time.perf_counter() - w)
+                lock.append(clock["lock"])
+                stmts.append(statements["n"])
+            if k >= 2:  # the first pass of each warms caches
+                results[label] = (cpu, wall, lock, stmts)
+        print(f"\n== {name}, {stored:,} photos stored, {uploads} uploads each (medians; p95 in brackets)")
+        for label, (cpu, wall, lock, stmts) in results.items():
+            print(f"  {label:<12} CPU {ms(cpu)}  wall {ms(wall)}  lock held {ms(lock)}  statements {statistics.median(stmts):.0f}")
+        t, r = results["today"], results["recommended"]
+        print(f"  saved per upload: CPU {1000 * (statistics.median(t[0]) - statistics.median(r[0])):.2f} ms, "
+              f"wall {1000 * (statistics.median(t[1]) - statistics.median(r[1])):.2f} ms, "
+              f"lock {1000 * (statistics.median(t[2]) - statistics.median(r[2])):.2f} ms")
+    finally:
+        svc.db.dispose()
+
+
+def ms(samples: list[float]) -> str:
+    s = sorted(samples)
+    return f"{statistics.median(s) * 1000:6.2f} [{s[int(len(s) * 0.95)] * 1000:6.2f}] ms"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--uploads", type=int, default=300)
+    parser.add_argument("--stored", type=int, default=20_000)
+    parser.add_argument("--postgres", default=os.environ.get("COLLECTOR_TEST_POSTGRES_URL", "postgresql+psycopg://root@127.0.0.1:5432/postgres"))
+    parser.add_argument("--no-postgres", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        run("SQLite", {"DATA_DIR": tmp, "SECRET_KEY": "bench", "MAX_PHOTOS": 10**6}, args.uploads, args.stored)
+    if not args.no_postgres:
+        name = f"collector_bench_{uuid.uuid4().hex[:8]}"
+        admin = create_engine(args.postgres, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                url = make_url(args.postgres).set(database=name).render_as_string(hide_password=False)
+                run("PostgreSQL", {"DATA_DIR": tmp, "DATABASE_URL": url, "SECRET_KEY": "bench", "MAX_PHOTOS": 10**6}, args.uploads, args.stored)
+        finally:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            admin.dispose()
+
+
+if __name__ == "__main__":
+    main()
