@@ -9,15 +9,20 @@ originals into a new folder, each file fsynced, and (2) a full ``export`` (image
 another new folder, which fsyncs what it writes; each pair's ratio is copy time / export time
 (1.0: as fast as the copy) and the median ratio is the figure. Then an incremental re-run.
 The aim: export at least half the speed of the copy on phone-sized photos.
+
+``--against REF`` (default ``main``) also times the export of that git revision (checked out
+into a temporary package) in each round, on the same photos: the change measured in one run.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import io
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -56,12 +61,22 @@ def copy_files(files: list[Path], dest: Path) -> None:
     export_mod._sync(copies, dest)  # the same durability as the export: each file fsynced
 
 
+def export_of(ref: str, folder: Path):
+    """collector/export.py as of ``ref``, importable as ``collector_ref.export``."""
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "collector"], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    (folder / "collector").rename(folder / "collector_ref")
+    sys.path.insert(0, str(folder))
+    return importlib.import_module("collector_ref.export")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--photos", type=int, default=60)
     p.add_argument("--contributors", type=int, default=20)
     p.add_argument("--size", default="4032x3024")
     p.add_argument("--pairs", type=int, default=5)
+    p.add_argument("--against", default="main", help="also time this git revision's export ('' for none)")
     args = p.parse_args()
     size = tuple(int(x) for x in args.size.split("x"))
     with tempfile.TemporaryDirectory(dir=ROOT / "storage") as tmp:  # the disk the app writes to
@@ -79,7 +94,8 @@ def main() -> None:
         print(f"seeded {accepted} photos of {size[0]}x{size[1]}, {total / len(originals) / 1e6:.1f} MB each on average, "
               f"from {len(users)} contributors in {time.perf_counter() - t0:.0f} s")
 
-        ratios, copies, exports = [], [], []
+        ref = export_of(args.against, tmp) if args.against else None
+        ratios, copies, exports, ref_ratios = [], [], [], []
         for i in range(args.pairs):
             t0 = time.perf_counter()
             copy_files(originals, tmp / f"copy{i}")
@@ -91,7 +107,15 @@ def main() -> None:
             ratios.append(copy_s / export_s)
             copies.append(copy_s)
             exports.append(export_s)
-            print(f"  pair {i + 1}: copy {copy_s:6.2f} s, export {export_s:6.2f} s: {copy_s / export_s:.2f} of the copy's speed")
+            line = f"  pair {i + 1}: copy {copy_s:6.2f} s, export {export_s:6.2f} s: {copy_s / export_s:.2f} of the copy's speed"
+            if ref is not None:
+                t0 = time.perf_counter()
+                ref.export(svc.db, svc.storage, tmp / f"ref{i}", ref.Options(), "bench", "CC BY 4.0")
+                ref_s = time.perf_counter() - t0
+                ref_ratios.append(copy_s / ref_s)
+                line += f"; {args.against}'s export {ref_s:6.2f} s: {copy_s / ref_s:.2f}"
+                shutil.rmtree(tmp / f"ref{i}")
+            print(line)
             shutil.rmtree(tmp / f"copy{i}")
             if i < args.pairs - 1:
                 shutil.rmtree(tmp / f"export{i}")
@@ -107,6 +131,9 @@ def main() -> None:
     print(f"export       {n / e:8.1f} photos/s {mb / e:8.1f} MB/s  (median of {args.pairs})")
     print(f"export speed / copy speed: median {statistics.median(ratios):.2f} of {args.pairs} pairs "
           f"(range {min(ratios):.2f}-{max(ratios):.2f}; aim >= 0.5)")
+    if ref_ratios:
+        print(f"{args.against}'s export speed / copy speed: median {statistics.median(ref_ratios):.2f} "
+              f"(range {min(ref_ratios):.2f}-{max(ref_ratios):.2f}): this export is {statistics.median(ratios) / statistics.median(ref_ratios):.2f}x as fast")
     print(f"re-run       {rerun_s:.2f} s ({again.written} written, {again.skipped} unchanged)")
 
 
