@@ -11,7 +11,7 @@ import threading
 import pytest
 from werkzeug.serving import make_server
 
-from .conftest import plate
+from . import photos
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.browser
@@ -64,21 +64,22 @@ def test_register_then_upload_many_files_with_per_file_verdicts(svc, live_server
     assert page.text_content("#progress-count") == "0"
     bad = tmp_path / "notes.txt"
     bad.write_text("not a photo")
-    files = [plate("us/us7.jpg"), plate("br/JST2699.jpg"), plate("eu/eu7.jpg"), bad, plate("eu/test_018.jpg")]
+    pics = tmp_path / "pictures"
+    files = [photos.write(pics, "canon"), photos.write(pics, "iphone"), photos.write(pics, "large"), bad, photos.write(pics, "small")]
     page.set_input_files("#photo-input", [str(f) for f in files])
     page.wait_for_function("document.querySelectorAll('#queue .item:not(.verdict-pending)').length === 5", timeout=30000)
     items = {page.locator("#queue .item").nth(i).locator(".name").text_content(): page.locator("#queue .item").nth(i)
              for i in range(5)}
-    assert "verdict-accepted" in items["us7.jpg"].get_attribute("class")
+    assert "verdict-accepted" in items["canon.jpg"].get_attribute("class")
     assert "verdict-rejected" in items["notes.txt"].get_attribute("class")
     assert "not an image" in items["notes.txt"].text_content()
-    assert "at least 480 pixels" in items["test_018.jpg"].text_content()
+    assert "at least 480 pixels" in items["small.jpg"].text_content()
     assert page.text_content("#progress-count") == "3"
     assert "Fee paid" in page.text_content("#progress-text")
     page.screenshot(path=str(tmp_path / "upload.png"), full_page=True)
 
     # the same photo again: a retry, not an error
-    page.set_input_files("#photo-input", [str(plate("us/us7.jpg"))])
+    page.set_input_files("#photo-input", [str(files[0])])
     page.wait_for_function("document.querySelector('#queue .item').className.includes('verdict-already_uploaded')")
 
     page.goto(live_server + "/photos")
@@ -96,7 +97,8 @@ def test_upload_page_works_without_javascript(svc, live_server, tmp_path):
         context = browser.new_context(java_script_enabled=False)
         page = context.new_page()
         register(page, live_server)
-        page.set_input_files("#photo-input", [str(plate("us/us7.jpg")), str(plate("eu/eu7.jpg"))])
+        pics = tmp_path / "pictures"
+        page.set_input_files("#photo-input", [str(photos.write(pics, "canon")), str(photos.write(pics, "large"))])
         page.click("#upload-submit")
         page.wait_for_load_state()
         assert page.locator(".verdict-accepted").count() == 2
