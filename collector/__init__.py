@@ -62,7 +62,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         # Pages stay open for a long time on phones at a meetup; the token lives with the session.
         WTF_CSRF_TIME_LIMIT=None,
         WTF_CSRF_SSL_STRICT=settings["COOKIE_SECURE"],
-        # One file per API request; the plain form may carry many (see upload.py).
+        # One file per API request; the plain upload form may carry many (pages.upload).
         MAX_CONTENT_LENGTH=settings["MAX_UPLOAD_MB"] * 1024 * 1024 + 256 * 1024,
         MAX_FORM_MEMORY_SIZE=1024 * 1024,
     )
