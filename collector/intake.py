@@ -28,7 +28,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -41,7 +41,7 @@ from .checks import Rejection, reject
 from .credits import Progress, progress_of
 from .db import Database
 from .inspection import BYTES_ONLY_CODES, Inspection, inspect
-from .models import Photo, UploadRejection, utcnow
+from .models import Photo, UploadRejection, User, utcnow
 from .storage import Storage, StorageUnavailable, photo_key, thumb_key
 
 CHUNK = 1 << 20
@@ -241,35 +241,29 @@ class Intake:
         The same questions in the same order before the bytes are read, after, and under the
         lock, so two attempts racing each other get the answer a person expects.
         """
-        existing = session.execute(
-            select(Photo.id, Photo.user_id, Photo.status).where(Photo.sha256 == sha256)
-        ).one_or_none()
-        if existing is not None:
-            if existing.status == "rejected":  # refused in review: its bytes stay blocked for everyone
-                return Decision(self._rejected(user_id, reject("rejected_in_review"), sha256, session=session), exact=True)
-            if existing.user_id == user_id:
+        facts = _facts(session, user_id, sha256)
+        progress = Progress(facts.accepted or 0, self.settings["QUOTA"])
+
+        def refused(rejection: Rejection, exact: bool = False, **kw) -> Decision:
+            return Decision(Verdict("rejected", rejection.code, rejection.message, progress, sha256=sha256, **kw), exact)
+
+        if facts.photo_id is not None:
+            if facts.status == "rejected":  # refused in review: its bytes stay blocked for everyone
+                return refused(reject("rejected_in_review"), exact=True)
+            if facts.owner_id == user_id:
                 # A retry after a lost response: the same answer, no second credit.
-                photo = session.get(Photo, existing.id)
+                photo = session.get(Photo, facts.photo_id)
                 return Decision(Verdict("already_uploaded", "already_uploaded", checks.MESSAGES["already_uploaded"],
-                                        progress_of(session, user_id, self.settings["QUOTA"]), photo.id, photo.sha256,
-                                        describe_photo(photo)), exact=True)
-            return Decision(self._rejected(user_id, reject("duplicate"), sha256, session=session), exact=True)
-        before = session.execute(
-            select(UploadRejection.code, UploadRejection.message)
-            .where(UploadRejection.sha256 == sha256, UploadRejection.code.in_(BYTES_ONLY_CODES)).limit(1)
-        ).one_or_none()
-        if before is not None:
-            return Decision(self._rejected(user_id, Rejection(before.code, before.message), sha256, session=session))
-        progress = progress_of(session, user_id, self.settings["QUOTA"])
+                                        progress, photo.id, photo.sha256, describe_photo(photo)), exact=True)
+            return refused(reject("duplicate"), exact=True)
+        if facts.refused_code is not None:
+            return refused(Rejection(facts.refused_code, facts.refused_message))
         if progress.accepted >= self.settings["MAX_PHOTOS"]:
-            cap = reject("quota_cap", max_photos=self.settings["MAX_PHOTOS"])
-            return Decision(Verdict("rejected", cap.code, cap.message, progress, sha256=sha256))
+            return refused(reject("quota_cap", max_photos=self.settings["MAX_PHOTOS"]))
         near = dedup.nearest(session, variants) if variants is not None else None
         if near is not None and near.distance <= self.settings["NEAR_DUPLICATE_DISTANCE"]:
             whose = " (one of yours)" if near.user_id == user_id else ""
-            rejection = reject("near_duplicate", whose=whose)
-            return Decision(Verdict("rejected", rejection.code, rejection.message, progress, sha256=sha256,
-                                    metadata=described), near=near)
+            return replace(refused(reject("near_duplicate", whose=whose), metadata=described), near=near)
         return Decision(near=near)
 
     def _store(self, user_id: int, up: Spooled, ins: Inspection) -> Stored | Verdict:
@@ -354,6 +348,24 @@ class Intake:
             return
         self._swept = True
         sweep_spool(self.spool_dir)
+
+def _facts(session: Session, user_id: int, sha256: str):
+    """What the database says of these bytes and this contributor, in one round trip: the photo
+    holding the bytes (id, owner, status), a refusal of the bytes alone, the credit count."""
+
+    def photo(col):
+        return select(col).where(Photo.sha256 == sha256).scalar_subquery()
+
+    def refusal(col):
+        return (select(col).where(UploadRejection.sha256 == sha256, UploadRejection.code.in_(BYTES_ONLY_CODES))
+                .limit(1).scalar_subquery())
+
+    return session.execute(select(
+        photo(Photo.id).label("photo_id"), photo(Photo.user_id).label("owner_id"), photo(Photo.status).label("status"),
+        refusal(UploadRejection.code).label("refused_code"), refusal(UploadRejection.message).label("refused_message"),
+        select(User.accepted_count).where(User.id == user_id).scalar_subquery().label("accepted"),
+    )).one()
+
 
 BURST_SECONDS = 2
 
