@@ -211,3 +211,4 @@ def test_import_gives_every_file_a_line_whatever_one_of_them_does(runner, svc, a
     assert by_name["c-gone.jpg"]["code"] == "unreadable"
     assert by_name["b-short-exif.jpg"]["status"] in ("rejected", "accepted")  # a verdict, not a crash
     assert r.exit_code == 1  # one file could not be read
+
