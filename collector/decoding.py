@@ -638,13 +638,18 @@ class DecoderPool:
         self._lock = threading.Lock()
         self._started = 0
         self._all: set[_Decoder] = set()
-        self.last_maxrss_kb = 0  # of the decoder that served the last request (bench, tests)
+        # Of the decoder that served this thread's last request (tests, bench/hostile.py).
+        self._last = threading.local()
 
     def _take(self) -> _Decoder:
-        try:
-            return self._idle.get_nowait()
-        except queue.Empty:
-            pass
+        while True:
+            try:
+                d = self._idle.get_nowait()
+            except queue.Empty:
+                break
+            if d.proc.poll() is None:
+                return d
+            self._drop(d)  # died while idle (killed from outside): start another
         with self._lock:
             if self._started < self.size:
                 self._started += 1
@@ -652,7 +657,11 @@ class DecoderPool:
             else:
                 start = False
         if not start:
-            return self._idle.get()
+            d = self._idle.get()
+            if d.proc.poll() is None:
+                return d
+            self._drop(d)
+            return self._take()
         try:
             d = _Decoder(self.memory_mb)
         except BaseException:
@@ -690,13 +699,21 @@ class DecoderPool:
             except BaseException:
                 self._drop(d)
                 raise
-            self.last_maxrss_kb = d.maxrss_kb
+            self._last.peak_kb, self._last.cpu, self._last.pid = d.maxrss_kb, float(reply.get("cpu", 0.0)), d.proc.pid
             if d.tasks >= self.max_tasks:
                 self._drop(d)
             else:
                 self._idle.put(d)
             return reply, tail
         raise AssertionError("unreachable")
+
+    def last(self) -> tuple[int, float, int]:
+        """(peak RSS in KiB, CPU seconds, pid) of the decoder during this thread's last decode."""
+        return getattr(self._last, "peak_kb", 0), getattr(self._last, "cpu", 0.0), getattr(self._last, "pid", 0)
+
+    def pids(self) -> list[int]:
+        with self._lock:
+            return [d.proc.pid for d in self._all]
 
     def close(self) -> None:
         with self._lock:
