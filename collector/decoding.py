@@ -711,6 +711,19 @@ class DecoderPool:
         """(peak RSS in KiB, CPU seconds, pid) of the decoder during this thread's last decode."""
         return getattr(self._last, "peak_kb", 0), getattr(self._last, "cpu", 0.0), getattr(self._last, "pid", 0)
 
+    def cpu_seconds_used(self) -> float:
+        """CPU seconds (user + system) used so far by the live decoder processes (benches)."""
+        tick = os.sysconf("SC_CLK_TCK")
+        total = 0.0
+        for pid in self.pids():
+            try:
+                with open(f"/proc/{pid}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / tick
+            except (OSError, IndexError, ValueError):
+                pass
+        return total
+
     def pids(self) -> list[int]:
         with self._lock:
             return [d.proc.pid for d in self._all]
