@@ -67,7 +67,8 @@ def test_unreachable_store_refuses_upload_with_retry_later(settings, monkeypatch
 
 @pytest.fixture
 def workers(s3_settings, tmp_path):
-    """gunicorn with 4 worker processes on loopback, sharing the test's database and bucket."""
+    """gunicorn as `make run` starts it (gunicorn.conf.py), with 4 worker processes on loopback,
+    sharing the test's database and bucket."""
     port = free_port()
     env = dict(os.environ)
     env.update(
@@ -79,8 +80,8 @@ def workers(s3_settings, tmp_path):
     )
     log = open(tmp_path / "gunicorn.log", "wb")
     proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "gunicorn"), "--workers", "4", "--worker-class", "gthread", "--threads", "4",
-         "--bind", f"127.0.0.1:{port}", "--timeout", "120", "app:create_app()"],
+        [str(Path(sys.executable).parent / "gunicorn"), "--config", "gunicorn.conf.py", "--workers", "4", "--threads", "4",
+         "--bind", f"127.0.0.1:{port}", "app:create_app()"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     try:
