@@ -69,25 +69,17 @@ def guard():
         return None
     limit = body_limit(request.endpoint)
     request.max_content_length = limit
+    gated = request.environ.get("collector.gated")  # the server already asked all this
+    if request.endpoint is not None and request.endpoint not in PUBLIC_ENDPOINTS and not gated:
+        user = _request_user()
+        if user is None:
+            close_connection()
+            return _unauthorised()
     length = request.content_length
     if length is not None and length > limit:
         close_connection()
         raise RequestEntityTooLarge()
-    if request.endpoint is None or request.endpoint in PUBLIC_ENDPOINTS or request.environ.get("collector.gated"):
-        return None
-    from .api import api_error, request_user  # api imports this module's neighbours
-
-    user = request_user()
-    if user is None:
-        close_connection()
-        if request.path.startswith("/api/"):
-            if request.headers.get("Authorization"):
-                return api_error(401, "unauthorized", "The API token is missing, wrong or revoked.")
-            return api_error(401, "unauthorized", "Log in, or send an API token as 'Authorization: Bearer TOKEN'.")
-        from . import login_manager
-
-        return login_manager.unauthorized()
-    if request.endpoint in UPLOAD_ENDPOINTS:
+    if request.endpoint in UPLOAD_ENDPOINTS and not gated:
         svc = services()
         per_minute = svc.settings["UPLOADS_PER_MINUTE"]
         wait = limits.hit(svc.db, f"upload:user:{user.id}", limits.Limit(per_minute, 60))
@@ -97,6 +89,24 @@ def guard():
                 wait, f"You sent more than {per_minute} uploads in a minute. Wait {limits.wait_phrase(wait)}, then send the rest."
             )
     return None
+
+
+def _request_user():
+    from .api import request_user  # api imports this module's neighbours
+
+    return request_user()
+
+
+def _unauthorised():
+    if request.path.startswith("/api/"):
+        from .api import api_error
+
+        if request.headers.get("Authorization"):
+            return api_error(401, "unauthorized", "The API token is missing, wrong or revoked.")
+        return api_error(401, "unauthorized", "Log in, or send an API token as 'Authorization: Bearer TOKEN'.")
+    from . import login_manager
+
+    return login_manager.unauthorized()
 
 
 def secure_headers(response):
