@@ -10,7 +10,7 @@ service stops for everyone. Here, per gunicorn process:
 - ``BufferedWSGI`` asks ``security.gate`` about the headers alone (size cap, log-in, rate
   limits) in an app thread for a few milliseconds, refuses with ``Connection: close`` without
   reading the body, or else reads the body on the event loop into a spooled temporary file
-  (memory up to 1 MiB, then an unlinked file), capped at the route's limit, within
+  (memory up to 256 KiB, then an unlinked file), capped at the route's limit, within
   ``BODY_TIMEOUT`` seconds and never 30 s without a byte;
 - only then an app thread (``--threads`` of them) runs the Flask app, and the response is
   collected the same way, so a slow reader holds no thread either;
@@ -33,7 +33,7 @@ from uvicorn_worker import UvicornWorker
 
 log = logging.getLogger(__name__)
 
-SPOOL_IN_MEMORY = 1024 * 1024
+SPOOL_IN_MEMORY = 256 * 1024  # per connection: 1,000 connections hold at most 256 MiB of memory
 IDLE_TIMEOUT = 30.0  # seconds without a byte of body
 SEND_TIMEOUT = 60.0  # seconds a client may take to accept one 64 KiB chunk of the response
 DRAIN_LIMIT = 256 * 1024  # a refused body this small is read and dropped, so the answer arrives intact
@@ -156,7 +156,14 @@ class BufferedWSGI:
         body = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
         try:
             size = await self._read_body(receive, body, limit, loop)
-            if size is None:  # too slow, or gone: nobody waits for an answer
+            if size is None:  # gone
+                return
+            if size < 0:  # too slow: a short answer, and the connection closes
+                message = b"The request body did not arrive in time; the connection is closed.\n"
+                await send({"type": "http.response.start", "status": 408, "headers": [
+                    (b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(message)).encode()),
+                    (b"connection", b"close")]})
+                await send({"type": "http.response.body", "body": message})
                 return
             if size > limit:  # only a chunked body gets here: a declared length was checked by the gate
                 environ["CONTENT_LENGTH"] = str(size)
@@ -178,6 +185,7 @@ class BufferedWSGI:
         return gate(self.app, environ)
 
     async def _read_body(self, receive, body, limit: int, loop) -> int | None:
+        """The body's size (more than ``limit``: stopped there), -1 when too slow, None when gone."""
         deadline = loop.time() + self.body_timeout
         size = 0
         while True:
@@ -187,8 +195,8 @@ class BufferedWSGI:
             except TimeoutError:
                 message = None
             if message is None:
-                log.info("dropped a request whose body was too slow (%d bytes received)", size)
-                return None
+                log.info("refused a request whose body was too slow (%d bytes received)", size)
+                return -1
             if message["type"] == "http.disconnect":
                 return None
             chunk = message.get("body", b"")
