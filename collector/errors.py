@@ -60,7 +60,8 @@ def init_app(app: Flask) -> None:
     def database_unavailable(exc: Exception):
         """A locked SQLite file or an unreachable PostgreSQL: 503 with Retry-After, said plainly."""
         _rollback()
-        locked = "locked" in str(exc).lower() or "busy" in str(exc).lower()
+        text = str(exc).lower()  # SQLite: "database is locked"; PostgreSQL: "... due to lock timeout"
+        locked = any(word in text for word in ("locked", "lock timeout", "busy"))
         retry_after, message = DB_LOCKED if locked else DB_DOWN
         log.warning("database unavailable on %s %s: %s", request.method, request.path, str(exc).splitlines()[0][:200])
         g._login_user = login_manager.anonymous_user()  # the page must not ask the database who you are
