@@ -1,13 +1,13 @@
 """session version per user; rate counters shared by workers replace the login-failure rows
 
 Revision ID: 0007_web
-Revises: 0004
+Revises: 0005
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0007_web"
-down_revision = "0004"
+down_revision = "0005"  # "0004" in the brief; re-chained after merging main, which added 0005
 branch_labels = None
 depends_on = None
 
