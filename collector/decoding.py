@@ -433,7 +433,14 @@ def to_small_rgb(im: Image.Image) -> Image.Image:
     elif im.mode == "P" or im.mode not in ("L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "I", "F"):
         im = im.convert("RGBA" if "transparency" in im.info or "A" in im.mode else "RGB")
     if factor > 1 and max(im.size) > HASH_SIDE:
-        im = im.reduce(max(1, max(im.size) // HASH_SIDE))
+        f = max(1, max(im.size) // HASH_SIDE)
+        if im.mode in ("LA", "RGBA"):
+            # Image.reduce premultiplies alpha in a full-size copy first (4 more bytes a pixel);
+            # averaging the straight channels differs only where alpha varies, and is enough
+            # for a hash and a thumbnail.
+            im = im._new(im.im.reduce((f, f), (0, 0, *im.size)))
+        else:
+            im = im.reduce(f)
     if im.mode in ("I", "F"):
         lo, hi = im.getextrema()
         scale = 255.0 / hi if hi and hi > 255 else 1.0
@@ -538,7 +545,11 @@ class _Decoder:
 
     def __init__(self, memory_mb: int):
         env = {k: v for k, v in os.environ.items() if not k.startswith("COLLECTOR_")}
-        env.update(DECODER_MEMORY_MB=str(memory_mb), OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+        env.update(DECODER_MEMORY_MB=str(memory_mb), OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
+                   # Big buffers straight from mmap and back to the kernel when freed: without a
+                   # fixed threshold glibc raises it to 32 MB after the first large free, and a
+                   # decoder would keep its largest image's memory between files.
+                   MALLOC_MMAP_THRESHOLD_="262144", MALLOC_TRIM_THRESHOLD_="1048576", MALLOC_ARENA_MAX="2")
         self.proc = subprocess.Popen(
             [sys.executable, "-I", str(Path(__file__).resolve())],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True,

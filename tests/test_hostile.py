@@ -106,6 +106,21 @@ def test_per_format_limits_follow_the_memory_budget(tmp_path):
     assert refused(small, memory_mb=80).code == "too_many_pixels"
 
 
+JUST_UNDER = {
+    "webp_4096x4096": lambda: H.webp_lossless_bomb(4096, 4096),  # 16.8 MP: the WebP limit
+    "png_rgba_7300x7300": lambda: H.png_bomb(7300, 7300, 8, 6),  # 53.3 MP of the 53.7 MP limit
+    "png16_grey_8190x8190": lambda: H.png_bomb(8190, 8190, 16, 0),  # 67.1 MP: the 16-bit limit
+}
+
+
+@pytest.mark.parametrize("name", JUST_UNDER)
+def test_files_just_under_a_format_limit_decode_within_the_memory_limit(tmp_path, name):
+    """The per-format limits are right when what they let through fits the decoder's memory."""
+    d = decode(write(tmp_path, name, JUST_UNDER[name]()))
+    assert d.stored_width > 4000
+    assert child_peak_mb() < imaging.DECODE_MEMORY_MB
+
+
 @pytest.mark.parametrize("name", ["webp_lossless_16383x7320", "png_rgb_10000x10000"])
 def test_the_backstop_alone_bounds_memory(tmp_path, own_peak, name):
     """Without the pre-checks and per-format limits, the decoder process's memory limit holds."""
