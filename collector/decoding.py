@@ -25,6 +25,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import os
 import queue
 import resource
@@ -36,6 +37,7 @@ import sys
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -370,11 +372,34 @@ def _register_heif() -> None:
         _heif_registered = True
 
 
-def decode_small(path: str | os.PathLike, fmt: str, max_pixels: int, small_side: int, memory_mb: int, prechecks: bool = True) -> Small:
+# CPU seconds per megapixel of the decode itself, measured on 12 MP files here (Pillow 13,
+# pillow-heif 1.8, all threads): JPEG at 1/8 scale 0.006 (progressive 0.02), PNG 0.04,
+# WebP 0.04, HEIC 0.105. A decoder process gets 3x that, plus half a second, and at most
+# DECODE_CPU_SECONDS: a hostile file that passes the pre-checks is stopped at about the cost
+# of an honest file of its size.
+CPU_PER_MEGAPIXEL = {"JPEG": 0.006, "JPEG-buffered": 0.02, "PNG": 0.04, "WEBP": 0.04, "HEIF": 0.105}
+
+
+def cpu_allowance(fmt: str, pixels: int, buffered: bool, most: float) -> float:
+    key = "JPEG-buffered" if fmt == "JPEG" and buffered else fmt
+    return min(most, 0.5 + 3 * CPU_PER_MEGAPIXEL[key] * pixels / 1e6)
+
+
+def decode_small(
+    path: str | os.PathLike,
+    fmt: str,
+    max_pixels: int,
+    small_side: int,
+    memory_mb: int,
+    prechecks: bool = True,
+    on_size: Callable[[int, bool], None] | None = None,
+) -> Small:
     """Pre-check, limit and decode ``path`` once; raise Refused. Runs where it is called.
 
     ``prechecks=False`` skips the structural pre-check and the per-format limits (MAX_PIXELS
     still applies): the tests and bench/hostile.py use it to show that the backstop alone holds.
+    ``on_size(pixels, buffered)`` is called once the size is known, before the pixels are
+    decoded (the decoder process sets its CPU allowance there).
     """
     try:
         with open(path, "rb") as fh:
@@ -399,6 +424,8 @@ def decode_small(path: str | os.PathLike, fmt: str, max_pixels: int, small_side:
                 raise Refused("corrupt", f"{fmt}: the decoder reads {width}x{height}, the header says {header.width}x{header.height}")
             if width * height > limit:
                 raise Refused("too_many_pixels", f"{width}x{height}", pixels=width * height, limit=limit)
+            if on_size is not None:
+                on_size(width * height, header.bytes_per_pixel > 0 or not prechecks)
             if fmt == "JPEG":
                 im.draft("RGB", (small_side, small_side))
             im.load()  # the one decode: proves the whole stream is intact
@@ -487,13 +514,21 @@ def _serve() -> None:
             return  # the parent went away
         req = json.loads(rin.read(_LEN.unpack(head)[0]))
         # A fresh CPU allowance for this file: SIGXCPU ends the process once it is spent.
-        used = resource.getrusage(resource.RUSAGE_SELF)
-        spent = int(used.ru_utime + used.ru_stime) + 1
-        resource.setrlimit(resource.RLIMIT_CPU, (spent + int(req["cpu_seconds"]), resource.RLIM_INFINITY))
+        most = float(req["cpu_seconds"])
+
+        def allow(seconds: float) -> None:
+            # SIGXCPU ends the process once its CPU time passes the soft limit (whole seconds).
+            used = resource.getrusage(resource.RUSAGE_SELF)
+            resource.setrlimit(resource.RLIMIT_CPU, (math.ceil(used.ru_utime + used.ru_stime + seconds), resource.RLIM_INFINITY))
+
+        allow(min(most, 1.0))  # the pre-check and the header, whatever the file
+
+        def on_size(pixels: int, buffered: bool, fmt=req["fmt"], most=most) -> None:
+            allow(cpu_allowance(fmt, pixels, buffered, most))
         reset_peak_rss()
         t0 = time.process_time()
         try:
-            res = decode_small(req["path"], req["fmt"], req["max_pixels"], req["small_side"], memory_mb, req["prechecks"])
+            res = decode_small(req["path"], req["fmt"], req["max_pixels"], req["small_side"], memory_mb, req["prechecks"], on_size)
         except Refused as exc:
             reply, tail = {"ok": False, "code": exc.code, "detail": exc.detail, "pixels": exc.pixels, "limit": exc.limit}, b""
         except Exception as exc:  # a decoder bug on hostile input: a verdict, not a dead process
@@ -702,7 +737,7 @@ class DecoderPool:
             except DecoderDied as exc:
                 self._drop(d)
                 if str(exc) == "cpu":
-                    raise Refused("too_complex", f"the decode needed more than {self.cpu_seconds} s of CPU") from None
+                    raise Refused("too_complex", "the decode needed more CPU time than an honest file of its size") from None
                 if attempt == 1 and d.tasks > 0 and "gone" in str(exc):
                     continue  # an idle decoder that had died (killed by hand): one retry on a fresh one
                 # Killed by the memory limit, or crashed in a decoder library on this file.
@@ -752,7 +787,6 @@ class DecoderPool:
     def _forget(self) -> None:
         for d in list(self._all):
             d.forget()
-        self._all.clear()
 
 
 _pools: dict[tuple, DecoderPool] = {}
@@ -769,11 +803,15 @@ def pool(size: int, memory_mb: int, cpu_seconds: int) -> DecoderPool:
         return p
 
 
+_inherited: list[DecoderPool] = []  # the parent's pools, kept so their Popen objects never warn
+
+
 def _after_fork_in_child() -> None:
     global _pools_lock
     _pools_lock = threading.Lock()
     for p in _pools.values():
         p._forget()
+        _inherited.append(p)
     _pools.clear()
 
 

@@ -202,6 +202,24 @@ def test_the_cpu_allowance_kills_a_runaway_decode(tmp_path):
     assert decode(ok, processes=1, memory_mb=320, cpu_seconds=1).stored_width == 1024
 
 
+def test_the_cpu_allowance_follows_the_image_size(tmp_path):
+    """With the default limits and no scan count, a 12 MP many-scan JPEG is stopped at about
+    what an honest 12 MP progressive JPEG costs (0.5 s + 3 x 20 ms per MP), not at the 4 s cap."""
+    import resource
+
+    path = write(tmp_path, "scans.jpg", H.many_scan_jpeg(2000))  # ~22 s of CPU if let run
+    pool = decoding.pool(*POOL)
+    refused(write(tmp_path, "cut.jpg", H.truncated(H.encode(H.photo(), "JPEG"), 0.5)))  # one is up
+    earlier = pool.cpu_seconds_used()  # what the decoder about to be killed has used so far
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    exc = refused(path, prechecks=False)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the killed decoder has been reaped
+    assert exc.code == "too_complex"
+    spent = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime) - earlier
+    assert decoding.cpu_allowance("JPEG", 4032 * 3024, True, 4) < 1.3
+    assert 1.0 < spent < 1.3 + 1.0  # the allowance, and RLIMIT_CPU's whole-second rounding
+
+
 def test_many_scan_jpeg_through_intake(submit, ann):
     v = submit(ann, H.many_scan_jpeg(20_000), "scans.jpg")
     assert v.status == "rejected"
