@@ -27,7 +27,6 @@ import json
 import logging
 import math
 import os
-import queue
 import resource
 import select
 import signal
@@ -680,40 +679,27 @@ class DecoderPool:
         self.wall_seconds = wall_seconds if wall_seconds is not None else 10.0 * cpu_seconds + 10.0
         self.max_tasks = max_tasks
         self.pid = os.getpid()
-        self._idle: queue.LifoQueue[_Decoder] = queue.LifoQueue()
+        # A thread holds a slot for the whole of its decode: busy + idle decoders <= slots, so
+        # a thread with a slot always finds an idle decoder or room to start one, and a
+        # decoder killed mid-decode frees its slot for the next waiting thread.
+        self._slots = threading.BoundedSemaphore(size)
         self._lock = threading.Lock()
-        self._started = 0
+        self._idle: list[_Decoder] = []
         self._all: set[_Decoder] = set()
         # Of the decoder that served this thread's last request (tests, bench/hostile.py).
         self._last = threading.local()
 
     def _take(self) -> _Decoder:
+        """An idle live decoder, or a new one; only called while holding a slot."""
         while True:
-            try:
-                d = self._idle.get_nowait()
-            except queue.Empty:
+            with self._lock:
+                d = self._idle.pop() if self._idle else None
+            if d is None:
                 break
             if d.proc.poll() is None:
                 return d
             self._drop(d)  # died while idle (killed from outside): start another
-        with self._lock:
-            if self._started < self.size:
-                self._started += 1
-                start = True
-            else:
-                start = False
-        if not start:
-            d = self._idle.get()
-            if d.proc.poll() is None:
-                return d
-            self._drop(d)
-            return self._take()
-        try:
-            d = _Decoder(self.memory_mb)
-        except BaseException:
-            with self._lock:
-                self._started -= 1
-            raise
+        d = _Decoder(self.memory_mb)
         with self._lock:
             self._all.add(d)
         return d
@@ -722,35 +708,36 @@ class DecoderPool:
         d.kill()
         with self._lock:
             self._all.discard(d)
-            self._started -= 1
 
     def decode(self, path: str | os.PathLike, fmt: str, max_pixels: int, small_side: int, prechecks: bool = True) -> tuple[dict, bytes]:
         req = {"path": str(path), "fmt": fmt, "max_pixels": int(max_pixels), "small_side": int(small_side),
                "cpu_seconds": self.cpu_seconds, "prechecks": bool(prechecks)}
-        for attempt in (1, 2):
-            d = self._take()
-            try:
-                reply, tail = d.request(req, self.wall_seconds)
-            except TimeoutError:
-                self._drop(d)
-                raise Refused("too_complex", f"the decode took longer than {self.wall_seconds:.0f} s") from None
-            except DecoderDied as exc:
-                self._drop(d)
-                if str(exc) == "cpu":
-                    raise Refused("too_complex", "the decode needed more CPU time than an honest file of its size") from None
-                if attempt == 1 and d.tasks > 0 and "gone" in str(exc):
-                    continue  # an idle decoder that had died (killed by hand): one retry on a fresh one
-                # Killed by the memory limit, or crashed in a decoder library on this file.
-                raise Refused("corrupt", f"the decoder process died: {exc}") from None
-            except BaseException:
-                self._drop(d)
-                raise
-            self._last.peak_kb, self._last.cpu, self._last.pid = d.maxrss_kb, float(reply.get("cpu", 0.0)), d.proc.pid
-            if d.tasks >= self.max_tasks:
-                self._drop(d)
-            else:
-                self._idle.put(d)
-            return reply, tail
+        with self._slots:
+            for attempt in (1, 2):
+                d = self._take()
+                try:
+                    reply, tail = d.request(req, self.wall_seconds)
+                except TimeoutError:
+                    self._drop(d)
+                    raise Refused("too_complex", f"the decode took longer than {self.wall_seconds:.0f} s") from None
+                except DecoderDied as exc:
+                    self._drop(d)
+                    if str(exc) == "cpu":
+                        raise Refused("too_complex", "the decode needed more CPU time than an honest file of its size") from None
+                    if attempt == 1 and d.tasks > 0 and "gone" in str(exc):
+                        continue  # it had died while idle: one retry on a fresh one
+                    # Killed by the memory limit, or crashed in a decoder library on this file.
+                    raise Refused("corrupt", f"the decoder process died: {exc}") from None
+                except BaseException:
+                    self._drop(d)
+                    raise
+                self._last.peak_kb, self._last.cpu, self._last.pid = d.maxrss_kb, float(reply.get("cpu", 0.0)), d.proc.pid
+                if d.tasks >= self.max_tasks:
+                    self._drop(d)
+                else:
+                    with self._lock:
+                        self._idle.append(d)
+                return reply, tail
         raise AssertionError("unreachable")
 
     def last(self) -> tuple[int, float, int]:
@@ -778,11 +765,9 @@ class DecoderPool:
         with self._lock:
             everyone = list(self._all)
             self._all.clear()
-            self._started = 0
+            self._idle.clear()
         for d in everyone:
             d.kill()
-        while not self._idle.empty():
-            self._idle.get_nowait()
 
     def _forget(self) -> None:
         for d in list(self._all):

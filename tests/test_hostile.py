@@ -367,6 +367,31 @@ def test_threads_share_a_bounded_number_of_decoders(tmp_path):
     assert 1 <= len(pool.pids()) <= 2
 
 
+def test_threads_waiting_behind_a_killed_decode_carry_on(tmp_path):
+    """One decoder, three threads: the first file is killed for CPU; the two queued behind it
+    must not wait for ever for a decoder that no longer exists."""
+    bomb = write(tmp_path, "scans.jpg", H.many_scan_jpeg(1000))
+    ok = write(tmp_path, "ok.jpg", H.encode(H.photo(), "JPEG"))
+    kw = {"processes": 1, "memory_mb": 300, "cpu_seconds": 1}
+    results: dict[str, str] = {}
+
+    def go(name, path, prechecks):
+        try:
+            results[name] = str(imaging.decode(path, "JPEG", 120_000_000, prechecks=prechecks, **kw).stored_width)
+        except DecodeError as exc:
+            results[name] = exc.code
+
+    first = threading.Thread(target=go, args=("bomb", bomb, False))
+    first.start()
+    time.sleep(0.2)  # let the bomb take the only decoder (the result does not depend on it)
+    others = [threading.Thread(target=go, args=(f"ok{i}", ok, True)) for i in range(2)]
+    for t in others:
+        t.start()
+    for t in [first, *others]:
+        t.join(60)  # a guard against a hang, not a timing assertion
+    assert results == {"bomb": "too_complex", "ok0": "1024", "ok1": "1024"}
+
+
 def test_a_decoder_killed_from_outside_is_replaced(tmp_path):
     path = write(tmp_path, "ok.jpg", H.encode(H.photo(), "JPEG"))
     pool = decoding.pool(1, 320, 2)
