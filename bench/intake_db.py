@@ -3,18 +3,16 @@ sequence recommended for the intake rewrite, in the same run, on SQLite and Post
 
     python bench/intake_db.py [--uploads 300] [--stored 20000] [--postgres URL | --no-postgres]
 
-Both sequences run against the same database (``--stored`` photos already in it), with the
+Three sequences run against the same database (``--stored`` photos already in it), with the
 same in-memory near-duplicate index, for ``--uploads`` new photos of one contributor each:
 
-  today        the calls intake.py makes: a session for the exact/quota check (a full Photo
-               row by SHA-256, then the count), a second session for the near lookup, then
-               under the write lock the exact/quota check again, the near lookup, the burst
-               update, the ORM insert and flush, hash + bands, the hourly counter, the count
-               update and a read of the new count;
-  recommended  one session before the lock for one exact+quota query and the near lookup;
-               under the lock the same one query, the near lookup (catching up with rows
-               since), the burst update, a Core insert with RETURNING id, hash + bands, the
-               hourly counter and ``UPDATE users ... RETURNING accepted_count``.
+  today         the calls intake.py makes for an accepted photo: ``known`` (one query), the
+                near lookup in a second session, then under the write lock ``decide`` (one
+                query + the near lookup's catch-up), the burst update, the ORM insert and
+                flush, hash + 16 band rows, and ``credits.adjust``;
+  Core insert   the same with ``INSERT ... RETURNING id`` instead of the ORM unit of work;
+  no band rows  also without the 16 ``photo_hash_bands`` rows, which only the SQL lookup
+                (``COLLECTOR_NEAR_INDEX=sql``, or a fresh process still loading) reads.
 
 Printed per upload (median, p95): CPU ms of this process, wall ms, and wall ms with the write
 lock held; the statements each sequence sends. The bench copies intake's calls as of this
@@ -37,12 +35,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sqlalchemy import create_engine, event, insert, select, text, update  # noqa: E402
+from sqlalchemy import create_engine, event, insert, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
-from collector import accounts, create_app, dedup, reports  # noqa: E402
+from collector import accounts, create_app, credits, dedup  # noqa: E402
 from collector.intake import mark_burst  # noqa: E402
-from collector.models import Photo, User, utcnow  # noqa: E402
+from collector.models import Photo, utcnow  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
 from dedup_lookup import hexes, random_words  # noqa: E402
@@ -56,62 +54,48 @@ def photo_values(user_id: int, sha: str, pdq: str, when: dt.datetime) -> dict:
 
 
 def today(svc, user_id: int, sha: str, variants: list[str], when: dt.datetime, clock: dict) -> None:
+    """The calls intake.py makes for an accepted photo (as of this commit)."""
     intake = svc.intake
-    session = svc.db.Session()
-    try:
-        assert intake._exact_or_quota(session, user_id, sha) is None
-    finally:
-        session.close()
-    session = svc.db.Session()
-    try:
+    assert intake.known(user_id, sha) is None
+    with svc.db.Session() as session:
         dedup.nearest(session, variants)
-    finally:
-        session.close()
-    photo = Photo(**photo_values(user_id, sha, variants[0], when))
     t = time.perf_counter()
     with svc.db.write_transaction() as tx:
-        assert intake._exact_or_quota(tx, user_id, sha) is None
-        dedup.nearest(tx, variants)
-        photo.created_at = utcnow()
+        assert intake.decide(tx, user_id, sha, variants, {}).verdict is None
+        now = utcnow()
+        photo = Photo(**photo_values(user_id, sha, variants[0], when), created_at=now)
         photo.burst = mark_burst(tx, user_id, when)
         tx.add(photo)
         tx.flush()
         dedup.add_bands(tx, photo.id, user_id, variants[0])
-        reports.bump_hour(tx, photo.created_at, +1)
-        tx.execute(update(User).where(User.id == user_id).values(accepted_count=User.accepted_count + 1, last_upload_at=utcnow()))
-        tx.scalar(select(User.accepted_count).where(User.id == user_id))
+        credits.adjust(tx, user_id, +1, now, new_upload=True)
     clock["lock"] = time.perf_counter() - t
 
 
-# One round trip answers "same bytes already here (whose, what state)?" and "how many has this
-# contributor got?": the user row always exists, the photo row only for a known SHA-256.
-EXACT_AND_COUNT = (
-    select(User.accepted_count, Photo.id, Photo.user_id, Photo.status)
-    .select_from(User)
-    .outerjoin(Photo, Photo.sha256 == text(":sha"))
-    .where(User.id == text(":uid"))
-)
-
-
-def recommended(svc, user_id: int, sha: str, variants: list[str], when: dt.datetime, clock: dict) -> None:
+def recommended(svc, user_id: int, sha: str, variants: list[str], when: dt.datetime, clock: dict, bands: bool = True) -> None:
+    """The same answers with a Core INSERT ... RETURNING id instead of the ORM unit of work
+    (and, with ``bands=False``, without the 16 band rows the in-memory index does not read)."""
+    intake = svc.intake
+    assert intake.known(user_id, sha) is None
     with svc.db.Session() as session:
-        count, pid, *_ = session.execute(EXACT_AND_COUNT, {"sha": sha, "uid": user_id}).one()
-        assert pid is None
         dedup.nearest(session, variants)
     t = time.perf_counter()
     with svc.db.write_transaction() as tx:
-        count, pid, *_ = tx.execute(EXACT_AND_COUNT, {"sha": sha, "uid": user_id}).one()
-        assert pid is None
-        dedup.nearest(tx, variants)
+        assert intake.decide(tx, user_id, sha, variants, {}).verdict is None
         now = utcnow()
         burst = mark_burst(tx, user_id, when)
         photo_id = tx.execute(insert(Photo).values(**photo_values(user_id, sha, variants[0], when), created_at=now, burst=burst,
                                                    status="accepted").returning(Photo.id)).scalar_one()
-        dedup.add_bands(tx, photo_id, user_id, variants[0])
-        reports.bump_hour(tx, now, +1)
-        tx.execute(update(User).where(User.id == user_id).values(accepted_count=User.accepted_count + 1, last_upload_at=now)
-                   .returning(User.accepted_count)).scalar_one()
+        if bands:
+            dedup.add_bands(tx, photo_id, user_id, variants[0])
+        else:
+            tx.execute(insert(dedup.PhotoHash), [{"photo_id": photo_id, "user_id": user_id, "pdq": variants[0]}])
+        credits.adjust(tx, user_id, +1, now, new_upload=True)
     clock["lock"] = time.perf_counter() - t
+
+
+def no_bands(svc, user_id, sha, variants, when, clock) -> None:
+    recommended(svc, user_id, sha, variants, when, clock, bands=False)
 
 
 def seed(svc, stored: int) -> int:
@@ -136,13 +120,13 @@ def run(name: str, settings: dict, uploads: int, stored: int) -> None:
         event.listen(svc.db.engine, "before_cursor_execute", lambda *a: statements.__setitem__("n", statements["n"] + 1))
         rnd = random.Random(5)
         results = {}
-        words = random_words(uploads * 2 * 8, 17)
+        words = random_words(uploads * 6 * 8, 17)
         all_variants = hexes(words)
-        for k, (label, fn) in enumerate((("today", today), ("recommended", recommended)) * 2):
+        for k, (label, fn) in enumerate((("today", today), ("Core insert", recommended), ("no band rows", no_bands)) * 2):
             uid = accounts.create_user(svc.db, f"u{k}@example.com", "U", "bench password 1", "CC BY 4.0").id
             cpu, wall, lock, stmts = [], [], [], []
             for i in range(uploads):
-                j = (k % 2) * uploads + i
+                j = k * uploads + i
                 variants = all_variants[j * 8 : j * 8 + 8]
                 sha = uuid.uuid4().hex * 2
                 when = dt.datetime(2026, 11, 20, 9) + dt.timedelta(seconds=10 * i + rnd.random())
@@ -154,15 +138,17 @@ def run(name: str, settings: dict, uploads: int, stored: int) -> None:
                 wall.append(time.perf_counter() - w)
                 lock.append(clock["lock"])
                 stmts.append(statements["n"])
-            if k >= 2:  # the first pass of each warms caches
+            if k >= 3:  # the first pass of each warms caches
                 results[label] = (cpu, wall, lock, stmts)
         print(f"\n== {name}, {stored:,} photos stored, {uploads} uploads each (medians; p95 in brackets)")
         for label, (cpu, wall, lock, stmts) in results.items():
             print(f"  {label:<12} CPU {ms(cpu)}  wall {ms(wall)}  lock held {ms(lock)}  statements {statistics.median(stmts):.0f}")
-        t, r = results["today"], results["recommended"]
-        print(f"  saved per upload: CPU {1000 * (statistics.median(t[0]) - statistics.median(r[0])):.2f} ms, "
-              f"wall {1000 * (statistics.median(t[1]) - statistics.median(r[1])):.2f} ms, "
-              f"lock {1000 * (statistics.median(t[2]) - statistics.median(r[2])):.2f} ms")
+        t = results["today"]
+        for label in ("Core insert", "no band rows"):
+            r = results[label]
+            print(f"  {label} saves per upload: CPU {1000 * (statistics.median(t[0]) - statistics.median(r[0])):.2f} ms, "
+                  f"wall {1000 * (statistics.median(t[1]) - statistics.median(r[1])):.2f} ms, "
+                  f"lock {1000 * (statistics.median(t[2]) - statistics.median(r[2])):.2f} ms")
     finally:
         svc.db.dispose()
 

@@ -66,8 +66,6 @@ def test_token_upload_holds_one_connection_at_a_time(svc, token_client):
         count.close()
 
 
-@pytest.mark.xfail(strict=True, reason="intake.py: _rejected() reads progress in a second session while the "
-                   "exact-check session is still open; the intake rewrite answers from the one session")
 def test_refused_upload_holds_one_connection_at_a_time(svc, token_client, make_user, submit):
     client, headers = token_client
     data = plate("br/JST2699.jpg").read_bytes()
