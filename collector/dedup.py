@@ -234,27 +234,33 @@ class NearIndex:
                     return _NOT_READY
                 if not self._start_load(session):
                     return _NOT_READY
-            self.catch_up(session)
-            while True:
+        self.catch_up(session)
+        while True:
+            with self.lock:
                 match = self._search(variants)
-                if match is None or self._still_there(session, match.photo_id):
-                    return match
+            if match is None or self._still_there(session, match.photo_id):
+                return match
+            with self.lock:
                 self.alive[self._row_of(match.photo_id)] = False
 
     def catch_up(self, session: Session) -> int:
-        """Read the rows added since the last call (and any open gaps); returns how many."""
+        """Read the rows added since the last call (and any open gaps); returns how many.
+
+        The read runs outside the index's lock (a slow database never holds up the other
+        threads' searches); rows another thread appended meanwhile are skipped by id."""
         with self.lock:
             params: dict = {"last": self.last_id}
-            sql = "SELECT photo_id, user_id, pdq FROM photo_hashes WHERE photo_id > :last"
             if self.gaps:
                 self._expire_gaps()
-            if self.gaps:
-                ids = sorted(self.gaps)
-                sql += " OR photo_id IN (" + ", ".join(str(int(i)) for i in ids) + ")"
-            rows = session.execute(text(sql + " ORDER BY photo_id"), params).all()
-            if rows:
+            gaps = sorted(self.gaps)
+        sql = "SELECT photo_id, user_id, pdq FROM photo_hashes WHERE photo_id > :last"
+        if gaps:
+            sql += " OR photo_id IN (" + ", ".join(str(int(i)) for i in gaps) + ")"
+        rows = session.execute(text(sql + " ORDER BY photo_id"), params).all()
+        if rows:
+            with self.lock:
                 self._append(rows)
-            return len(rows)
+        return len(rows)
 
     def warm(self) -> None:
         """Load everything now, in the calling thread (tests, benches, start-up scripts)."""
