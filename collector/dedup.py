@@ -200,7 +200,7 @@ class NearIndex:
     (its own connection) and ``nearest`` answers from the database until it is ready.
     """
 
-    SYNC_LOAD_ROWS = 100_000
+    SYNC_LOAD_ROWS = 50_000  # about half a second; intake's first lookup is outside the write lock
     LOAD_CHUNK = 100_000
     GAP_SECONDS = 300.0
 
