@@ -242,7 +242,10 @@ class BufferedWSGI:
 class Worker(UvicornWorker):
     """gunicorn worker class: ``-k collector.server.Worker`` (see gunicorn.conf.py)."""
 
-    CONFIG_KWARGS = {"loop": "asyncio", "http": Protocol, "interface": "asgi3", "lifespan": "off"}
+    # proxy_headers off: whether X-Forwarded-For is believed is COLLECTOR_TRUSTED_PROXIES's call alone
+    # (uvicorn would otherwise believe it from any connection off 127.0.0.1).
+    CONFIG_KWARGS = {"loop": "asyncio", "http": Protocol, "interface": "asgi3", "lifespan": "off",
+                     "proxy_headers": False, "server_header": False}
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

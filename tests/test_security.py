@@ -241,6 +241,20 @@ def test_finding_14_follow_up_requests_after_an_early_refusal_all_work(server):
     assert status == 401 and headers["connection"] == "close" and b"HTTP/1.1" not in rest
 
 
+def test_forwarded_for_is_not_believed_unless_configured(server):
+    """X-Forwarded-For from a client (loopback here) must not pick the address the limits count."""
+    port, _ = server
+    base = f"http://127.0.0.1:{port}"
+    with requests.Session() as http:
+        codes = []
+        for i in range(11):
+            token = csrf_from(http.get(f"{base}/login", timeout=10).text)
+            r = http.post(f"{base}/login", data={"csrf_token": token, "email": "ann@example.com", "password": "wrong password!"},
+                          headers={"X-Forwarded-For": f"198.51.100.{i}"}, allow_redirects=False, timeout=10)
+            codes.append(r.status_code)
+    assert codes == [401] * 10 + [429]
+
+
 # --- finding 8: parts -----------------------------------------------------------------------
 
 
