@@ -29,8 +29,8 @@ $(VENV)/.dev-deps: $(VENV)/.run-deps requirements-dev.txt
 run: $(VENV)/.run-deps
 	$(BIN)/flask --app app db upgrade
 	@echo "Plate Collector on http://$(HOST):$(PORT)/"
-	$(BIN)/gunicorn --bind $(HOST):$(PORT) --workers $(WORKERS) --worker-class gthread --threads $(THREADS) \
-		--timeout 120 --access-logfile - 'app:create_app()'
+	$(BIN)/gunicorn --config gunicorn.conf.py --bind $(HOST):$(PORT) --workers $(WORKERS) --threads $(THREADS) \
+		--access-logfile - 'app:create_app()'
 
 ## The whole suite on SQLite, then on PostgreSQL when one is reachable
 test: test-sqlite test-postgresql

@@ -270,12 +270,16 @@ class Auth:
     def __init__(self, client):
         self.client = client
 
-    def register(self, email="ann@example.com", name="Ann", password="correct horse battery", consent=True):
+    def register(self, email="ann@example.com", name="Ann", password="correct horse battery", consent=True, login=True):
+        """Register; then, as a person would after the answer (which never logs in), log in."""
         token = csrf_from(self.client.get("/register").get_data(as_text=True))
         data = {"csrf_token": token, "name": name, "email": email, "password": password}
         if consent:
             data["consent"] = "y"
-        return self.client.post("/register", data=data)
+        r = self.client.post("/register", data=data)
+        if login and r.status_code == 302:
+            self.login(email, password)
+        return r
 
     def login(self, email="ann@example.com", password="correct horse battery"):
         token = csrf_from(self.client.get("/login").get_data(as_text=True))

@@ -55,10 +55,18 @@ def register(page, base):
     page.fill("#password", "a long enough password")
     page.check("#consent")
     page.click("button[type=submit]")
+    page.wait_for_url(re.compile(r"/login$"))  # the same answer for a new or a known email: then log in
+    page.fill("#email", "asha@example.com")
+    page.fill("#password", "a long enough password")
+    page.click("main button[type=submit]")
     page.wait_for_url(re.compile(r"/upload$"))
 
 
 def test_register_then_upload_many_files_with_per_file_verdicts(svc, live_server, page, tmp_path):
+    from playwright.sync_api import expect
+
+    violations = []
+    page.on("console", lambda msg: violations.append(msg.text) if "Content Security Policy" in msg.text else None)
     svc.settings["QUOTA"] = 3
     register(page, live_server)
     assert page.text_content("#progress-count") == "0"
@@ -67,7 +75,8 @@ def test_register_then_upload_many_files_with_per_file_verdicts(svc, live_server
     pics = tmp_path / "pictures"
     files = [photos.write(pics, "canon"), photos.write(pics, "iphone"), photos.write(pics, "large"), bad, photos.write(pics, "small")]
     page.set_input_files("#photo-input", [str(f) for f in files])
-    page.wait_for_function("document.querySelectorAll('#queue .item:not(.verdict-pending)').length === 5", timeout=30000)
+    # locator waits, not wait_for_function: the page's CSP (no eval) holds for the test's scripts too
+    expect(page.locator("#queue .item:not(.verdict-pending)")).to_have_count(5, timeout=30000)
     items = {page.locator("#queue .item").nth(i).locator(".name").text_content(): page.locator("#queue .item").nth(i)
              for i in range(5)}
     assert "verdict-accepted" in items["canon.jpg"].get_attribute("class")
@@ -80,12 +89,13 @@ def test_register_then_upload_many_files_with_per_file_verdicts(svc, live_server
 
     # the same photo again: a retry, not an error
     page.set_input_files("#photo-input", [str(files[0])])
-    page.wait_for_function("document.querySelector('#queue .item').className.includes('verdict-already_uploaded')")
+    expect(page.locator("#queue .item").first).to_have_class(re.compile("verdict-already_uploaded"))
 
     page.goto(live_server + "/photos")
     assert page.locator(".tile").count() == 3
     assert page.locator(".tile img").first.evaluate("img => img.complete && img.naturalWidth > 0")
     assert "not_an_image" in page.text_content(".rejections")
+    assert not violations, violations
 
 
 def test_upload_page_works_without_javascript(svc, live_server, tmp_path):

@@ -56,7 +56,7 @@ def test_decide_answers_exact_before_near(svc, submit, ann, bob):
     ins = __import__("collector.inspection", fromlist=["inspect"])
     path = Path(svc.intake.spool_dir) / "probe.jpg"
     path.write_bytes(data)
-    inspected = ins.inspect(path, data[:64], svc.settings["MAX_PIXELS"])
+    inspected = ins.inspect(path, data[:64], svc.settings)
     with svc.db.Session() as session:
         mine = svc.intake.decide(session, ann.id, first.sha256, inspected.fingerprint.variants)
         theirs = svc.intake.decide(session, bob.id, first.sha256, inspected.fingerprint.variants)
