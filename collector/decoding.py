@@ -22,6 +22,7 @@ process (``python -I collector/decoding.py``) starts small without the web appli
 
 from __future__ import annotations
 
+import atexit
 import io
 import json
 import logging
@@ -809,6 +810,7 @@ def close_pools() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(close_pools)  # a worker that exits stops its decoders (they would on EOF too)
 
 
 if __name__ == "__main__":
