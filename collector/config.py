@@ -72,7 +72,13 @@ SETTINGS: list[Setting] = [
     Setting("LICENCE", "CC BY 4.0", "Licence contributors agree to for the dataset."),
     Setting("LICENCE_URL", "https://creativecommons.org/licenses/by/4.0/", "Link to the licence text shown at registration."),
     Setting("COOKIE_SECURE", False, "Send session cookies only over HTTPS. Turn on when served behind TLS.", _bool),
-    Setting("LOGIN_MAX_FAILURES", 10, "Failed log-ins per email or address within 15 minutes before log-in is refused for a while.", _positive_int),
+    Setting("LOGIN_MAX_FAILURES", 10, "Failed log-ins for one email from one address within 15 minutes before that pair must wait (`rate_limited`); an address gets 30 times as many for unknown emails, an account 10 times as many across addresses.", _positive_int),
+    Setting("REGISTRATIONS_PER_ADDRESS", 30, "Registrations from one address within 10 minutes (`rate_limited` beyond). An address may be a whole wifi.", _positive_int),
+    Setting("UPLOADS_PER_MINUTE", 60, "Upload requests per account per minute (`rate_limited` beyond), counted before the body is read.", _positive_int),
+    Setting("MAX_API_TOKENS", 10, "Active API tokens per account.", _positive_int),
+    Setting("TRUSTED_PROXIES", 0, "Number of reverse proxies in front of the app whose `X-Forwarded-For`/`-Proto` are believed. 0: the socket's address is the client's.", int),
+    Setting("HEADER_TIMEOUT", 10, "Seconds a connection has to send a request's headers (production server).", _positive_int),
+    Setting("BODY_TIMEOUT", 300, "Seconds a request has to send its whole body; also closed after 30 s without a byte (production server).", _positive_int),
 ]
 
 

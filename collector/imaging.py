@@ -189,7 +189,7 @@ def fingerprint(small_oriented: Image.Image) -> Fingerprint:
         variants=variants,
         brightness=float(g.mean()),
         contrast=float(g.std()),
-        sharpness=float(lap.var()),
+        sharpness=float(lap.var()) if lap.size else 0.0,  # a 1- or 2-pixel-wide image has no interior
     )
 
 
