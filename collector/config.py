@@ -65,7 +65,7 @@ SETTINGS: list[Setting] = [
     Setting("MAX_PIXELS", 120_000_000, "Decompression-bomb guard: most pixels an image may declare (`too_many_pixels`).", _positive_int),
     Setting("DECODE_PROCESSES", 1, "Decoder processes per web worker: at most this many images are decoded at once per worker, each with the memory and CPU limits below. 0 decodes in the worker itself, without those limits (not for production).", int),
     Setting("DECODE_MEMORY_MB", 320, "Memory limit (RLIMIT_DATA) of each decoder process, in MiB; the full-size formats' pixel limits follow from it (`too_many_pixels`).", _positive_int),
-    Setting("DECODE_CPU_SECONDS", 4, "Most CPU seconds one decode may use (less for smaller images: 0.5 s plus 3x the measured cost of its pixels) before its decoder process is killed (`too_complex`).", _positive_int),
+    Setting("DECODE_CPU_SECONDS", 6, "Most CPU seconds one decode may use (less for smaller images: 0.5 s plus 3x the measured cost of its pixels) before its decoder process is killed (`too_complex`).", _positive_int),
     Setting("CAPTURED_AFTER", None, "ISO date; photos whose EXIF capture date is older are refused (`metadata_policy`).", _date),
     Setting("REQUIRE_EXIF", False, "Refuse photos without an EXIF capture date (`metadata_policy`).", _bool),
     Setting("NEAR_DUPLICATE_DISTANCE", 31, "Largest PDQ Hamming distance (of 256 bits) that counts as the same picture; at most 31 (the index is built for it).", int),

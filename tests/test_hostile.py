@@ -199,7 +199,7 @@ def test_the_cpu_allowance_kills_a_runaway_decode(tmp_path):
 
 def test_the_cpu_allowance_follows_the_image_size(tmp_path):
     """With the default limits and no scan count, a 12 MP many-scan JPEG is stopped at about
-    what an honest 12 MP progressive JPEG costs (0.5 s + 3 x 20 ms per MP), not at the 4 s cap."""
+    what an honest 12 MP progressive JPEG costs (0.5 s + 3 x 20 ms per MP), not at the 6 s cap."""
     import resource
 
     path = write(tmp_path, "scans.jpg", H.many_scan_jpeg(2000))  # ~22 s of CPU if let run
@@ -211,7 +211,7 @@ def test_the_cpu_allowance_follows_the_image_size(tmp_path):
     after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the killed decoder has been reaped
     assert exc.code == "too_complex"
     spent = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime) - earlier
-    assert decoding.cpu_allowance("JPEG", 4032 * 3024, True, 4) < 1.3
+    assert decoding.cpu_allowance("JPEG", 4032 * 3024, True, imaging.DECODE_CPU_SECONDS) < 1.3
     assert 1.0 < spent < 1.3 + 1.0  # the allowance, and RLIMIT_CPU's whole-second rounding
 
 
