@@ -399,6 +399,15 @@ def test_finding_11_password_change_ends_earlier_sessions(app, client, auth, svc
     assert auth.login(password="a brand new passphrase").status_code == 302
 
 
+def test_finding_11_password_change_from_the_command_line(app, client, auth, runner):
+    auth.register()
+    stolen = cookies_of(client)
+    r = runner.invoke(args=["users", "password", "ann@example.com", "--password-stdin"], input="another long passphrase\n")
+    assert r.exit_code == 0, r.output
+    assert with_cookies(app, stolen).get("/photos").status_code == 302
+    assert auth.login(password="another long passphrase").status_code == 302
+
+
 def test_finding_11_csrf_token_is_rotated_at_log_in(client, auth, make_user):
     make_user()
     before = csrf_from(client.get("/login").get_data(as_text=True))
