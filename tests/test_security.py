@@ -485,9 +485,9 @@ def test_finding_13_export_csv_neutralises_formulas(svc, make_user, submit, runn
 # --- finding 15, the web's side: database faults answer 503 with Retry-After ------------------
 
 
+@pytest.mark.only_db("sqlite")  # a locked SQLite file is a SQLite matter
 def test_finding_15_locked_sqlite_answers_503_with_retry_after(app, client, svc, make_user):
-    if not svc.db.is_sqlite:
-        pytest.skip("a locked SQLite file is a SQLite matter")
+    assert svc.db.is_sqlite
     user = make_user()
     token = accounts.create_token(svc.db, user.id).token
     holder = sqlite3.connect(svc.db.url.database, timeout=0)
