@@ -494,26 +494,42 @@ def test_finding_13_export_csv_neutralises_formulas(svc, make_user, submit, runn
 # --- finding 15, the web's side: database faults answer 503 with Retry-After ------------------
 
 
-def test_finding_15_locked_sqlite_answers_503_with_retry_after(app, client, svc, make_user):
-    if not svc.db.is_sqlite:
-        pytest.skip("a locked SQLite file is a SQLite matter")
-    user = make_user()
+def test_finding_15_a_locked_database_answers_503_with_retry_after(app, client, auth, svc):
+    """SQLite: another process holds the write lock. PostgreSQL: another session holds the intake lock."""
+    from sqlalchemy import create_engine, text
+
+    from collector.db import INTAKE_LOCK
+
+    auth.register()
+    with svc.db.Session() as session:
+        user = accounts.user_by_email(session, "ann@example.com")
     token = accounts.create_token(svc.db, user.id).token
-    holder = sqlite3.connect(svc.db.url.database, timeout=0)
-    holder.execute("BEGIN IMMEDIATE")  # another process holding the write lock
+    csrf = auth.csrf()
+    if svc.db.is_sqlite:
+        holder = sqlite3.connect(svc.db.url.database, timeout=0)
+        holder.execute("BEGIN IMMEDIATE")
+        release = holder.rollback
+    else:
+        engine = create_engine(svc.db.url)
+        holder = engine.connect()
+        holder.begin()
+        holder.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": INTAKE_LOCK})
+        release = holder.rollback
     try:
         r = client.post("/api/v1/photos", **multipart(plate_photo(5, (800, 600))), headers={"Authorization": f"Bearer {token}"})
         assert r.status_code == 503 and r.json["code"] == "service_unavailable" and int(r.headers["Retry-After"]) > 0
-        assert "not recorded" in r.json["message"]
-        html = client.get("/register").get_data(as_text=True)
-        r = client.post("/register", data={"csrf_token": csrf_from(html), "name": "Bo", "email": "bo@example.com",
-                                           "password": PASSWORD, "consent": "y"})
+        assert "busy" in r.json["message"] and "not recorded" in r.json["message"]
+        r = client.post("/upload", **multipart(plate_photo(6, (800, 600)), csrf_token=csrf))
         page = r.get_data(as_text=True)
         assert r.status_code == 503 and r.headers["Retry-After"] and "database is busy" in page
         assert "Nothing you sent was lost" not in page
     finally:
-        holder.rollback()
+        release()
         holder.close()
+        if not svc.db.is_sqlite:
+            engine.dispose()
+    r = client.post("/api/v1/photos", **multipart(plate_photo(5, (800, 600))), headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 201  # and once the lock is gone, the same photo goes in
 
 
 def test_finding_15_unreachable_postgresql_answers_503_with_retry_after(app, svc, make_user):
