@@ -69,6 +69,8 @@ SETTINGS: list[Setting] = [
     Setting("LICENCE", "CC BY 4.0", "Licence contributors agree to for the dataset."),
     Setting("LICENCE_URL", "https://creativecommons.org/licenses/by/4.0/", "Link to the licence text shown at registration."),
     Setting("COOKIE_SECURE", False, "Send session cookies only over HTTPS. Turn on when served behind TLS.", _bool),
+    Setting("UPLOAD_EXPIRY_HOURS", 24, "Hours an unfinished resumable upload is kept after its last byte before `flask uploads clean` (or the next upload) removes it.", _positive_int),
+    Setting("MAX_OPEN_UPLOADS", 30, "Unfinished resumable uploads one account may have at once (`too_many_uploads` beyond it).", _positive_int),
     Setting("LOGIN_MAX_FAILURES", 10, "Failed log-ins per email or address within 15 minutes before log-in is refused for a while.", _positive_int),
 ]
 
