@@ -135,6 +135,18 @@ def _int_header(name: str) -> int | None:
     return int(raw) if raw.isdigit() and len(raw) < 19 else None
 
 
+def _write(*statements) -> int:
+    """Run UPDATE/DELETE statements in one short write transaction; returns the rows changed.
+
+    The request's read transaction ends first: SQLite cannot turn a read into a write while
+    another worker writes, and no transaction should stay open while a phone trickles bytes in.
+    """
+    svc = services()
+    svc.db.session.rollback()
+    with svc.db.write_transaction(lock=False) as tx:
+        return sum(tx.execute(statement).rowcount for statement in statements)
+
+
 def _own(upload_id: str) -> ResumableUpload | None:
     """The caller's upload; someone else's is answered exactly like one that does not exist."""
     row = services().db.session.get(ResumableUpload, upload_id)
@@ -264,8 +276,9 @@ def create():
         updated_at=now,
         expires_at=now + _expiry(),
     )
-    session.add(row)
-    session.commit()
+    session.rollback()
+    with svc.db.write_transaction(lock=False) as tx:
+        tx.add(row)
     return _empty(201, Location=_location(row), Upload_Expires=_http_date(row.expires_at), Upload_Offset=0)
 
 
@@ -309,6 +322,7 @@ def patch(upload_id: str):
         return response
 
     remaining = row.length - start
+    svc.db.session.rollback()  # no transaction open while the bytes trickle in
     got = _receive(remaining, algo if checksum else None)
     try:
         if got.size > remaining:
@@ -327,12 +341,11 @@ def patch(upload_id: str):
                 response.headers["Upload-Offset"] = str(row.offset)
                 return response
             now = utcnow()
-            moved = svc.db.session.execute(
+            moved = _write(
                 update(ResumableUpload)
                 .where(ResumableUpload.id == row.id, ResumableUpload.offset == start, ResumableUpload.state == "receiving")
                 .values(offset=end, parts=ResumableUpload.parts + f"{end},", updated_at=now, expires_at=now + _expiry())
-            ).rowcount
-            svc.db.session.commit()
+            )
             if not moved:  # another request took this range first; our part is not in the chain
                 svc.db.session.refresh(row)
                 response = api_error(409, "offset_mismatch", "Another request sent these bytes first.")
@@ -364,8 +377,7 @@ def terminate(upload_id: str):
     if row.state == "finishing":
         return api_error(409, "finishing", "This upload is being checked; it cannot be cancelled now.")
     _delete_parts(svc.storage, row)
-    svc.db.session.delete(row)
-    svc.db.session.commit()
+    _write(delete(ResumableUpload).where(ResumableUpload.id == upload_id))
     return _empty(204)
 
 
@@ -427,20 +439,19 @@ def _finish_or_report(row: ResumableUpload):
     svc = services()
     session = svc.db.session
     if row.state == "done":
-        return _verdict_response(json.loads(row.verdict))
+        return _done(row)
     now = utcnow()
-    took = session.execute(
+    took = _write(
         update(ResumableUpload)
         .where(ResumableUpload.id == row.id, ResumableUpload.offset == ResumableUpload.length,
                (ResumableUpload.state == "receiving")
                | ((ResumableUpload.state == "finishing") & (ResumableUpload.updated_at < now - FINISH_STALE)))
         .values(state="finishing", updated_at=now)
-    ).rowcount
-    session.commit()
+    )
     if not took:
         session.refresh(row)
         if row.state == "done":
-            return _verdict_response(json.loads(row.verdict))
+            return _done(row)
         response = _verdict_response({"status": "checking", "offset": row.offset, "length": row.length}, 202)
         response.headers["Retry-After"] = "2"
         return response
@@ -453,20 +464,26 @@ def _finish_or_report(row: ResumableUpload):
     finally:
         stream.close()
     if verdict is None or verdict.code == "storage_unavailable":
-        session.execute(update(ResumableUpload).where(ResumableUpload.id == row.id).values(state="receiving"))
-        session.commit()
+        _write(update(ResumableUpload).where(ResumableUpload.id == row.id).values(state="receiving"))
         response = api_error(503, "storage_unavailable", MESSAGES["storage_unavailable"])
         response.headers["Retry-After"] = "10"
         return response
     body = verdict.as_dict()
     body["http_status"] = STATUS_FOR.get(verdict.status if verdict.status != "rejected" else verdict.code, 422)
-    session.execute(
+    _write(
         update(ResumableUpload).where(ResumableUpload.id == row.id)
         .values(state="done", verdict=json.dumps(body), updated_at=utcnow())
     )
-    session.commit()
     _delete_parts(svc.storage, row)
-    return _verdict_response(body)
+    response = _verdict_response(body)
+    response.headers["Upload-Offset"] = str(row.length)
+    return response
+
+
+def _done(row: ResumableUpload):
+    response = _verdict_response(json.loads(row.verdict))
+    response.headers["Upload-Offset"] = str(row.length)
+    return response
 
 
 def _delete_parts(storage, row: ResumableUpload) -> None:
@@ -487,14 +504,15 @@ def clean_expired(db, storage, now: dt.datetime | None = None, limit: int | None
     query = select(ResumableUpload).where(ResumableUpload.expires_at <= now).order_by(ResumableUpload.expires_at)
     if limit:
         query = query.limit(limit)
-    removed = 0
     with db.Session() as session:
-        for row in session.scalars(query).all():
-            _delete_parts(storage, row)
-            removed += session.execute(
+        rows = session.scalars(query).all()
+    removed = 0
+    for row in rows:
+        _delete_parts(storage, row)
+        with db.write_transaction(lock=False) as tx:
+            removed += tx.execute(
                 delete(ResumableUpload).where(ResumableUpload.id == row.id, ResumableUpload.expires_at <= now)
             ).rowcount
-        session.commit()
     return removed
 
 
