@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .imaging import Fingerprint
 from .metadata import Metadata
+
+if TYPE_CHECKING:
+    from .inspection import Inspection
 
 # The stable reason codes, with the sentence a person sees. HTTP statuses live in api.py.
 MESSAGES: dict[str, str] = {
@@ -98,3 +102,17 @@ def check_metadata_policy(meta: Metadata, captured_after: dt.date | None, requir
             why=f"The photo was taken on {meta.captured_at.date().isoformat()}; only photos taken on or after {captured_after.isoformat()} count. Take a new photo.",
         )
     return None
+
+
+# The ordered checks of an inspected photo: the first rejection is the verdict. Each takes the
+# inspection and the settings, so adding a check is one line here and its function above.
+CHECKS: tuple[Callable[[Inspection, Mapping[str, Any]], Rejection | None], ...] = (
+    lambda ins, s: check_metadata_sound(ins.metadata),
+    lambda ins, s: check_size(ins.width, ins.height, s["MIN_SIDE"]),
+    lambda ins, s: check_metadata_policy(ins.metadata, s["CAPTURED_AFTER"], s["REQUIRE_EXIF"]),
+    lambda ins, s: check_quality(ins.fingerprint),
+)
+
+
+def first_rejection(ins: Inspection, settings: Mapping[str, Any]) -> Rejection | None:
+    return next((r for check in CHECKS if (r := check(ins, settings)) is not None), None)

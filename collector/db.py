@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, scoped_session, sessionmaker
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 INTAKE_LOCK = 0x504C4154  # advisory lock id for "near-duplicate check + insert" ("PLAT")
 MIGRATE_LOCK = 0x504C4D47
+LOCK_WAIT = 5  # seconds a writer waits for the intake lock on PostgreSQL before giving up
 
 
 class Database:
@@ -56,7 +57,11 @@ class Database:
             else:
                 conn.begin()
                 if lock:
+                    # A writer stuck holding the lock must not queue every upload behind it for
+                    # ever: after LOCK_WAIT seconds this fails (503) like a locked SQLite file.
+                    conn.execute(text(f"SET LOCAL lock_timeout = '{LOCK_WAIT}s'"))
                     conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": INTAKE_LOCK})
+                    conn.execute(text("SET LOCAL lock_timeout = 0"))
             with Session(bind=conn, expire_on_commit=False) as session:
                 try:
                     yield session

@@ -88,9 +88,10 @@ def sniff(head: bytes) -> tuple[str | None, str | None]:
 class DecodeError(Exception):
     """The file could not be decoded: ``code`` is `corrupt` or `too_many_pixels`."""
 
-    def __init__(self, code: str, detail: str = ""):
+    def __init__(self, code: str, detail: str = "", pixels: int | None = None):
         super().__init__(detail or code)
         self.code = code
+        self.pixels = pixels  # what the file declares, for `too_many_pixels`
 
 
 @dataclass
@@ -136,7 +137,7 @@ def decode(path: Path, fmt: str, max_pixels: int) -> Decoded:
                 if width <= 0 or height <= 0:
                     raise DecodeError("corrupt", "the image declares no pixels")
                 if width * height > max_pixels:
-                    raise DecodeError("too_many_pixels", f"{width}x{height}")
+                    raise DecodeError("too_many_pixels", f"{width}x{height}", pixels=width * height)
                 exif = _raw_exif(im.info.get("exif"))
                 orientation_applied = fmt == "HEIF"
                 if fmt == "JPEG":
@@ -205,7 +206,7 @@ def fingerprint(small_oriented: Image.Image) -> Fingerprint:
         variants=variants,
         brightness=float(g.mean()),
         contrast=float(g.std()),
-        sharpness=float(lap.var()),
+        sharpness=float(lap.var()) if lap.size else 0.0,  # a 1- or 2-pixel-wide image has no interior
     )
 
 

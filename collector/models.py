@@ -208,7 +208,10 @@ class UploadRejection(Base):
     size_bytes: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
-    __table_args__ = (Index("ix_upload_rejections_user_created", "user_id", "created_at"),)
+    # by sha256: a file refused for its bytes alone (a bomb, a corrupt file) is answered again
+    # from this table without being decoded again (intake.decide)
+    __table_args__ = (Index("ix_upload_rejections_user_created", "user_id", "created_at"),
+                      Index("ix_upload_rejections_sha256", "sha256"))
 
 
 class LoginFailure(Base):
