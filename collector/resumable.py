@@ -41,8 +41,8 @@ from werkzeug.exceptions import ClientDisconnected
 from . import services
 from .api import STATUS_FOR, api_error, authenticated
 from .checks import MESSAGES, reject
-from .intake import CHUNK, Verdict, clean_filename
-from .models import Photo, ResumableUpload, utcnow
+from .intake import CHUNK, clean_filename
+from .models import ResumableUpload, utcnow
 from .storage import StorageUnavailable
 
 log = logging.getLogger(__name__)
@@ -199,28 +199,10 @@ def by_sha256(sha256: str):
     sha256 = sha256.lower()
     if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
         return api_error(400, "bad_request", "Give the SHA-256 of the file as 64 hexadecimal digits.")
-    intake = services().intake
-    known = getattr(intake, "known", None)
-    verdict = known(g.api_user.id, sha256) if known else known_from_photos(g.api_user.id, sha256)
+    verdict = services().intake.known(g.api_user.id, sha256)
     if verdict is None:
         return api_error(404, "unknown", "The server does not have these bytes yet: send the photo.")
     return _verdict_response(verdict.as_dict())
-
-
-def known_from_photos(user_id: int, sha256: str) -> Verdict | None:
-    """A minimal stand-in for ``Intake.known`` while main lacks it: exact bytes already stored."""
-    svc = services()
-    photo = svc.db.session.scalar(select(Photo).where(Photo.sha256 == sha256))
-    if photo is None:
-        return None
-    progress = svc.intake.progress(user_id)
-    if photo.status == "rejected":
-        r = reject("rejected_in_review")
-        return Verdict("rejected", r.code, r.message, progress, sha256=sha256)
-    if photo.user_id == user_id:
-        return Verdict("already_uploaded", "already_uploaded", MESSAGES["already_uploaded"], progress, photo.id, sha256)
-    r = reject("duplicate")
-    return Verdict("rejected", r.code, r.message, progress, sha256=sha256)
 
 
 # -- tus ----------------------------------------------------------------------------------------
@@ -335,7 +317,7 @@ def patch(upload_id: str):
         end = start + got.size
         if got.size:
             try:
-                svc.storage.put_file(part_key(row.id, start, end), got.path, "")
+                svc.storage.put_file(part_key(row.id, start, end), got.path, got.sha256)
             except StorageUnavailable:
                 response = api_error(503, "storage_unavailable", MESSAGES["storage_unavailable"])
                 response.headers["Upload-Offset"] = str(row.offset)
@@ -385,14 +367,15 @@ def terminate(upload_id: str):
 
 
 class _Received:
-    def __init__(self, path: Path, size: int, digest: bytes, cut_off: bool):
-        self.path, self.size, self.digest, self.cut_off = path, size, digest, cut_off
+    def __init__(self, path: Path, size: int, digest: bytes, cut_off: bool, sha256: str):
+        self.path, self.size, self.digest, self.cut_off, self.sha256 = path, size, digest, cut_off, sha256
 
 
 def _receive(remaining: int, algo: str | None) -> _Received:
     """Spool the body, keeping whatever arrived before a dropped connection."""
     fd, name = tempfile.mkstemp(prefix="tus-")
     hasher = CHECKSUMS[algo]() if algo else None
+    sha = hashlib.sha256()  # the store checks the part against it (S3's ChecksumSHA256)
     size, cut_off = 0, False
     with os.fdopen(fd, "wb") as out:
         try:
@@ -402,13 +385,14 @@ def _receive(remaining: int, algo: str | None) -> _Received:
                     break
                 out.write(chunk)
                 size += len(chunk)
+                sha.update(chunk)
                 if hasher:
                     hasher.update(chunk)
         except (ClientDisconnected, OSError, ConnectionError):
             cut_off = True
     if request.content_length is not None and size < request.content_length and size <= remaining:
         cut_off = True
-    return _Received(Path(name), size, hasher.digest() if hasher else b"", cut_off)
+    return _Received(Path(name), size, hasher.digest() if hasher else b"", cut_off, sha.hexdigest())
 
 
 class _Parts:

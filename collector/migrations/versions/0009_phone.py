@@ -1,13 +1,13 @@
 """resumable (tus) uploads
 
 Revision ID: 0009_phone
-Revises: 0004
+Revises: 0005
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = '0009_phone'
-down_revision = '0004'
+down_revision = '0005'
 branch_labels = None
 depends_on = None
 
