@@ -66,8 +66,8 @@ def test_register_then_upload_many_files_with_per_file_verdicts(svc, live_server
     bad.write_text("not a photo")
     files = [plate("us/us7.jpg"), plate("br/JST2699.jpg"), plate("eu/eu7.jpg"), bad, plate("eu/test_018.jpg")]
     page.set_input_files("#photo-input", [str(f) for f in files])
-    page.wait_for_function("document.querySelectorAll('#queue .item:not(.verdict-pending)').length === 5", timeout=30000)
-    items = {page.locator("#queue .item").nth(i).locator(".name").text_content(): page.locator("#queue .item").nth(i)
+    page.wait_for_function("document.querySelectorAll('.job:not(.verdict-pending)').length === 5", timeout=30000)
+    items = {page.locator(".job").nth(i).locator(".name").text_content(): page.locator(".job").nth(i)
              for i in range(5)}
     assert "verdict-accepted" in items["us7.jpg"].get_attribute("class")
     assert "verdict-rejected" in items["notes.txt"].get_attribute("class")
@@ -79,7 +79,10 @@ def test_register_then_upload_many_files_with_per_file_verdicts(svc, live_server
 
     # the same photo again: a retry, not an error
     page.set_input_files("#photo-input", [str(plate("us/us7.jpg"))])
-    page.wait_for_function("document.querySelector('#queue .item').className.includes('verdict-already_uploaded')")
+    page.wait_for_function("document.querySelectorAll('.job').length === 6")
+    last = page.locator("#queue .job").last
+    last.locator(".verdict strong").wait_for()
+    assert "verdict-accepted" in last.get_attribute("class") and "already counted" in last.text_content()
 
     page.goto(live_server + "/photos")
     assert page.locator(".tile").count() == 3
