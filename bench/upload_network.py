@@ -156,7 +156,7 @@ def main() -> None:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if not chromium:
         sys.exit("needs Debian's chromium (apt-get install chromium)")
-    with tempfile.TemporaryDirectory(prefix="upload-network-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="upload-network-", ignore_cleanup_errors=True) as tmp:
         tmp = Path(tmp)
         (tmp / "photos").mkdir()
         t = time.monotonic()

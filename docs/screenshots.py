@@ -68,9 +68,13 @@ def shoot(kind: str, folder: Path, chromium: str) -> None:
                                    timeout=120_000)
             page.wait_for_function("() => [...document.querySelectorAll('.job progress')].some(p => !p.hidden && p.value > 30)",
                                    timeout=120_000)
-            page.evaluate("() => document.querySelector('#upload-form').scrollIntoView()")
             time.sleep(0.3)
-            page.screenshot(path=str(ROOT / "docs" / f"upload-{kind}.png"), full_page=kind == "desktop")
+            out = str(ROOT / "docs" / f"upload-{kind}.png")
+            if kind == "phone":  # a phone screen's worth, from the batch summary down
+                top = page.evaluate("() => document.querySelector('#summary').getBoundingClientRect().top + window.scrollY - 12")
+                page.screenshot(path=out, full_page=True, clip={"x": 0, "y": top, **SIZES["phone"]})
+            else:
+                page.screenshot(path=out, full_page=True)
             context.close()
             browser.close()
     finally:
@@ -82,7 +86,7 @@ def main() -> None:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if not chromium:
         sys.exit("needs Debian's chromium (apt-get install chromium)")
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp:
         for kind in SIZES:
             shoot(kind, Path(tmp), chromium)
             print(f"docs/upload-{kind}.png")
