@@ -169,7 +169,7 @@ def main() -> None:
         for name in args.profiles.split(","):
             r = run_profile(name, files, chromium, tmp / f"data-{name}")
             print(f"{r['profile']:<9} {r['photos']:>6} {r['accepted']:>3} {r['mb']:>6.1f} {r['seconds']:>7.1f} "
-                  f"{r['ideal']:>8.1f} {r['seconds'] / r['ideal']:>9.2f}x {r['ratio']:>8.3f}x {r['again']:>8} "
+                  f"{r['ideal']:>8.1f} {r['seconds'] / r['ideal']:>9.2f}x {r['ratio']:>8.4f}x {r['again']:>8} "
                   f"{r['again_seconds']:>7.1f}", flush=True)
     print("time/bytes: the batch's time against the time its bytes need at the profile's upload speed"
           " (+ the drop); sent/size: body bytes the server read against the files' sizes.")

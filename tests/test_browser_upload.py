@@ -346,3 +346,31 @@ def test_phone_page_copy_thumbnails_and_focus(svc, server, phone, tmp_path):
     assert page.eval_on_selector("label[for=camera-input]", "l => getComputedStyle(l).outlineStyle") == "solid"
     assert page.eval_on_selector("label[for=photo-input]", "l => getComputedStyle(l).outlineStyle") != "solid"
     assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+
+
+def test_what_truly_failed_waits_for_retry_failed(svc, server, phone, tmp_path):
+    """Logged out mid-batch: the photos say so and wait; after logging in, "Retry failed" sends them."""
+    files = photos(tmp_path, [71, 72], size=(1024, 768))
+    phone.register()
+    phone.network(SLOW_3G)
+    phone.context.clear_cookies()  # the session ends (another tab logged out, say)
+    phone.add(files)
+    page = phone.page
+    page.locator("#retry-failed").wait_for(state="visible", timeout=60_000)
+    page.wait_for_function("() => document.querySelectorAll('.job.verdict-error').length === 2", timeout=60_000)
+    assert "Log in again" in page.locator(".job.verdict-error").first.text_content() or \
+        "Reload the page" in page.locator(".job.verdict-error").first.text_content()
+    assert "2 not sent" in page.text_content("#summary")
+    phone.network(ONLINE)
+    page.goto(phone.base + "/login")
+    page.fill("#email", "asha@example.com")
+    page.fill("#password", "a long enough password")
+    page.click("button[type=submit]")
+    page.wait_for_url(re.compile(r"/upload$"))
+    page.wait_for_selector("body[data-queue-ready]", state="attached")
+    assert page.locator(".job.verdict-error").count() == 2  # still there, still waiting for the person
+    page.click("#retry-failed")
+    phone.wait_finished(2)
+    v = phone.verdicts()
+    assert all("verdict-accepted" in v[f.name][0] for f in files), v
+    assert page.is_hidden("#retry-failed")
