@@ -14,6 +14,7 @@ from sqlalchemy import select, update
 from collector.models import Photo, ResumableUpload, UploadRejection
 
 from .synthetic import plate_photo
+from .test_scale import workers  # noqa: F401  (the four-worker fixture)
 
 TUS = {"Tus-Resumable": "1.0.0"}
 
@@ -255,3 +256,46 @@ def test_parts_on_s3(s3_settings, make_user):
         assert not list(svc.storage.list("partial/"))
     finally:
         app.extensions["collector"].db.dispose()
+
+
+def test_uploads_across_four_gunicorn_workers(workers):  # noqa: F811  (the fixture imported above)
+    """Every request of an upload may land on another worker process: the state is in the
+    database and the parts on the shared store (here the S3 server), so they add up; two PATCHes
+    racing for the same range cannot both win."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import requests
+
+    from .test_scale import tokens_for
+
+    base, svc = workers
+    ((user, token),) = tokens_for(svc, 1)
+    h = {**TUS, "Authorization": f"Bearer {token}"}
+
+    def upload(seed):
+        data = plate_photo(seed, size=(1024, 768))
+        r = requests.post(f"{base}/api/v1/uploads", headers={**h, "Upload-Length": str(len(data)),
+                          "Upload-Metadata": meta(filename=f"w{seed}.jpg")}, timeout=60)
+        url = base + r.headers["Location"]
+        step, last = len(data) // 4 + 1, None
+        for start in range(0, len(data), step):
+            offset = int(requests.head(url, headers=h, timeout=60).headers["Upload-Offset"])
+            assert offset == start
+            last = requests.patch(url, data=data[start:start + step], timeout=120, headers={
+                **h, "Upload-Offset": str(start), "Content-Type": "application/offset+octet-stream"})
+        return last.json()["status"]
+
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(upload, [201, 202, 203, 204])) == ["accepted"] * 4
+
+    data = plate_photo(205, size=(1024, 768))
+    url = base + requests.post(f"{base}/api/v1/uploads", headers={**h, "Upload-Length": str(len(data))}, timeout=60).headers["Location"]
+
+    def race(_):
+        return requests.patch(url, data=data[:5000], timeout=60, headers={
+            **h, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"}).status_code
+
+    with ThreadPoolExecutor(2) as pool:
+        statuses = sorted(pool.map(race, range(2)))
+    assert statuses == [204, 409]
+    assert requests.head(url, headers=h, timeout=60).headers["Upload-Offset"] == "5000"
