@@ -22,6 +22,7 @@ MESSAGES: dict[str, str] = {
     "corrupt": "The image is damaged or incomplete and cannot be read. Send the original file again.",
     "corrupt_metadata": "The photo's EXIF metadata is damaged ({why}), so the file cannot be trusted. Send the original photo from your camera or phone.",
     "too_many_pixels": "The image declares {pixels} pixels, more than the {max_pixels} allowed. Send a normal camera photo.",
+    "too_complex": "The image is built in a way that would take far more memory or time to read than any camera photo ({why}). Send the photo as it came from the camera.",
     "too_small": "The photo is {width}x{height} pixels; its shorter side must be at least {min_side} pixels. Send the original, not a thumbnail or a crop.",
     "low_quality": "The photo is {why}, so no plate can be read in it. Take the photo again.",
     "metadata_policy": "{why}",

@@ -8,8 +8,10 @@ the same whoever sends it and whenever.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from . import checks, imaging
 from .checks import Rejection, reject
@@ -17,7 +19,8 @@ from .metadata import Metadata, read_metadata
 
 # Refusals that depend only on the bytes (never on who sent them, when, or on the database):
 # intake remembers them by SHA-256, so a bomb is refused again without being decoded again.
-BYTES_ONLY_CODES = frozenset({"not_an_image", "unsupported_format", "corrupt", "too_many_pixels", "too_complex"})
+# Not `too_complex`: a decode past its deadline may also mean a machine under load.
+BYTES_ONLY_CODES = frozenset({"not_an_image", "unsupported_format", "corrupt", "too_many_pixels"})
 
 
 @dataclass
@@ -36,13 +39,16 @@ class Inspection:
         return d
 
 
-def inspect(path: Path, head: bytes, max_pixels: int) -> Inspection | Rejection:
-    """Identify, decode once (bounded), read metadata and fingerprint the file at ``path``."""
+def inspect(path: Path, head: bytes, settings: Mapping[str, Any]) -> Inspection | Rejection:
+    """Identify, decode once (bounded in memory and CPU), read metadata and fingerprint the
+    file at ``path``; ``settings`` gives the pixel limit and the decoder processes' limits."""
+    max_pixels = settings["MAX_PIXELS"]
     fmt, other = imaging.sniff(head)
     if rejection := checks.check_format(fmt, other):
         return rejection
     try:
-        decoded = imaging.decode(path, fmt, max_pixels)
+        decoded = imaging.decode(path, fmt, max_pixels, processes=settings["DECODE_PROCESSES"],
+                                 memory_mb=settings["DECODE_MEMORY_MB"], cpu_seconds=settings["DECODE_CPU_SECONDS"])
     except imaging.DecodeError as exc:
         return decode_rejection(exc, max_pixels)
     meta = read_metadata(decoded.exif)
@@ -56,8 +62,8 @@ def inspect(path: Path, head: bytes, max_pixels: int) -> Inspection | Rejection:
 
 def decode_rejection(exc: imaging.DecodeError, max_pixels: int) -> Rejection:
     if exc.code == "too_many_pixels":
-        pixels = getattr(exc, "pixels", None)
-        return reject("too_many_pixels", pixels=f"{pixels:,}" if pixels else "too many", max_pixels=f"{max_pixels:,}")
-    if exc.code in checks.MESSAGES and exc.code != "corrupt":
-        return reject(exc.code)
+        limit = exc.limit or max_pixels
+        return reject("too_many_pixels", pixels=f"{exc.pixels:,}" if exc.pixels else "too many", max_pixels=f"{limit:,}")
+    if exc.code == "too_complex":
+        return reject("too_complex", why=exc.detail)
     return reject("corrupt")

@@ -194,7 +194,7 @@ class Intake:
             return self._rejected(user_id, reject("too_large", max_mb=s["MAX_UPLOAD_MB"]))
         if known := self.known(user_id, up.sha256):
             return known
-        ins = inspect(up.path, up.head, s["MAX_PIXELS"])
+        ins = inspect(up.path, up.head, s)
         if isinstance(ins, Rejection):
             return self._rejected(user_id, ins, up.sha256)
         described = ins.describe()

@@ -9,7 +9,7 @@
   var cfg = script.dataset;
   var quota = parseInt(cfg.quota, 10);
   var userId = cfg.user;
-  var CHUNK = parseInt(cfg.chunk, 10) || 2 * 1024 * 1024;
+  var CHUNK = parseInt(cfg.chunk, 10) || 1024 * 1024;
   var PARALLEL = 3;
   var KEEP_ACCEPTED = 3;  // the most recent accepted photos stay in view; older ones fold away
   var csrf = document.querySelector('meta[name="csrf-token"]').content;

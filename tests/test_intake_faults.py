@@ -3,6 +3,7 @@ nothing stored is left without its row (issue 8: findings 7, 16, 17 and the impo
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -56,7 +57,7 @@ def test_decide_answers_exact_before_near(svc, submit, ann, bob):
     ins = __import__("collector.inspection", fromlist=["inspect"])
     path = Path(svc.intake.spool_dir) / "probe.jpg"
     path.write_bytes(data)
-    inspected = ins.inspect(path, data[:64], svc.settings["MAX_PIXELS"])
+    inspected = ins.inspect(path, data[:64], svc.settings)
     with svc.db.Session() as session:
         mine = svc.intake.decide(session, ann.id, first.sha256, inspected.fingerprint.variants)
         theirs = svc.intake.decide(session, bob.id, first.sha256, inspected.fingerprint.variants)
@@ -212,3 +213,46 @@ def test_import_gives_every_file_a_line_whatever_one_of_them_does(runner, svc, a
     assert by_name["b-short-exif.jpg"]["status"] in ("rejected", "accepted")  # a verdict, not a crash
     assert r.exit_code == 1  # one file could not be read
 
+
+
+# -- finding 15: the database locked or gone while an upload commits ---------------------------
+
+
+@contextlib.contextmanager
+def write_lock_held(svc):
+    """Another writer holding the intake write lock (SQLite's, or PostgreSQL's advisory lock)."""
+    from sqlalchemy import create_engine, text
+
+    from collector.db import INTAKE_LOCK
+
+    engine = create_engine(svc.settings["DATABASE_URL"], poolclass=__import__("sqlalchemy.pool", fromlist=["NullPool"]).NullPool)
+    conn = engine.connect()
+    if svc.db.is_sqlite:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    else:
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": INTAKE_LOCK})
+    try:
+        yield
+    finally:
+        conn.rollback()
+        conn.close()
+        engine.dispose()
+
+
+def test_a_locked_database_is_a_503_and_keeps_nothing(client, svc, ann):
+    from collector import accounts
+    from tests.conftest import multipart
+
+    token = accounts.create_token(svc.db, ann.id).token
+    with write_lock_held(svc):
+        r = client.post("/api/v1/photos", **multipart(plate_photo(21, size=(1200, 900))),
+                        headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 503 and r.headers.get("Retry-After")
+    assert r.json["code"] == "service_unavailable" and "not recorded" in r.json["message"]
+    assert objects(svc) == []  # the original and thumbnail it stored were taken back
+    assert list(Path(svc.intake.spool_dir).glob("upload-*")) == []
+    with svc.db.Session() as session:
+        assert session.scalar(select(func.count()).select_from(Photo)) == 0
+    r = client.post("/api/v1/photos", **multipart(plate_photo(21, size=(1200, 900))),
+                    headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 201 and len(objects(svc)) == 2  # sent again once the lock is free

@@ -1,13 +1,13 @@
 """resumable (tus) uploads
 
 Revision ID: 0009_phone
-Revises: 0005
+Revises: 0007_web
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = '0009_phone'
-down_revision = '0005'
+down_revision = '0007_web'  # '0004' in the brief; re-chained after merging main (0005, 0007_web)
 branch_labels = None
 depends_on = None
 
