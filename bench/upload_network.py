@@ -22,6 +22,7 @@ the bytes alone need at that profile's upload speed (plus the drop).
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import sys
 import tempfile
@@ -110,6 +111,11 @@ def run_profile(name: str, files: list[Path], chromium: str, data: Path) -> dict
             page.fill("#password", "a long enough password")
             page.check("#consent")
             page.click("button[type=submit]")
+            page.wait_for_url(re.compile(r"/login$"))  # registered: now log in
+            page.fill("#email", "bench@example.com")
+            page.fill("#password", "a long enough password")
+            page.click("main button[type=submit]")
+            page.wait_for_url(re.compile(r"/upload$"))
             page.wait_for_selector("body[data-queue-ready]", state="attached")
             cdp.send("Network.emulateNetworkConditions", PROFILES[name])
             counting.bytes = 0

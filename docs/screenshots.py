@@ -9,6 +9,7 @@ batch under way: accepted photos, one refused, one uploading, some waiting.
 from __future__ import annotations
 
 import io
+import re
 import shutil
 import sys
 import tempfile
@@ -54,6 +55,11 @@ def shoot(kind: str, folder: Path, chromium: str) -> None:
             page.fill("#password", "a long enough password")
             page.check("#consent")
             page.click("button[type=submit]")
+            page.wait_for_url(re.compile(r"/login$"))  # registered: now log in
+            page.fill("#email", "asha@example.com")
+            page.fill("#password", "a long enough password")
+            page.click("main button[type=submit]")
+            page.wait_for_url(re.compile(r"/upload$"))
             page.wait_for_selector("body[data-queue-ready]", state="attached")
             for seed in (40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51):  # earlier photos toward the fee
                 svc = app.extensions["collector"]

@@ -134,6 +134,10 @@ class Phone:
         p.fill("#password", "a long enough password")
         p.check("#consent")
         p.click("button[type=submit]")
+        p.wait_for_url(re.compile(r"/login$"))  # registered: now log in
+        p.fill("#email", email)
+        p.fill("#password", "a long enough password")
+        p.click("main button[type=submit]")
         p.wait_for_url(re.compile(r"/upload$"))
         p.wait_for_selector("body[data-queue-ready]", state="attached")
 
@@ -365,7 +369,7 @@ def test_what_truly_failed_waits_for_retry_failed(svc, server, phone, tmp_path):
     page.goto(phone.base + "/login")
     page.fill("#email", "asha@example.com")
     page.fill("#password", "a long enough password")
-    page.click("button[type=submit]")
+    page.click("main button[type=submit]")
     page.wait_for_url(re.compile(r"/upload$"))
     page.wait_for_selector("body[data-queue-ready]", state="attached")
     assert page.locator(".job.verdict-error").count() == 2  # still there, still waiting for the person
