@@ -53,6 +53,7 @@ TUS_VERSION = "1.0.0"
 TUS_EXTENSIONS = "creation,termination,expiration,checksum"
 CHECKSUMS = {"sha1": hashlib.sha1, "sha256": hashlib.sha256, "md5": hashlib.md5}
 PART_PREFIX = "partial/"
+MAX_PARTS = 150  # parts of one upload; the list of their ends must fit its column (String(2000))
 FINISH_STALE = dt.timedelta(minutes=10)  # a worker that died while finishing: another may retry
 TUS_ROUTES = {"resumable.create", "resumable.upload"}
 
@@ -303,6 +304,8 @@ def patch(upload_id: str):
         response.headers["Upload-Offset"] = str(row.offset)
         return response
 
+    if row.parts.count(",") >= MAX_PARTS:
+        return api_error(400, "too_many_parts", f"This upload already has {MAX_PARTS} pieces: start it again, sending bigger ones.")
     remaining = row.length - start
     svc.db.session.rollback()  # no transaction open while the bytes trickle in
     got = _receive(remaining, algo if checksum else None)

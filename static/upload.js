@@ -373,7 +373,7 @@
     if (status === 0 || status >= 500 || status === 429 || status === 409 || status === 423 || status === 408) {
       return new Problem("network", "HTTP " + status);
     }
-    if (status === 404 || status === 410) {
+    if (status === 404 || status === 410 || (body && body.code === "too_many_parts")) {
       var p = new Problem("network", "The server forgot this upload; starting it again.");
       p.expired = true;
       return p;

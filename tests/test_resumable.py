@@ -299,3 +299,15 @@ def test_uploads_across_four_gunicorn_workers(workers):  # noqa: F811  (the fixt
         statuses = sorted(pool.map(race, range(2)))
     assert statuses == [204, 409]
     assert requests.head(url, headers=h, timeout=60).headers["Upload-Offset"] == "5000"
+
+
+def test_an_upload_in_too_many_pieces_is_refused_with_a_code(tus, monkeypatch):
+    from collector import resumable
+
+    monkeypatch.setattr(resumable, "MAX_PARTS", 3)
+    url = tus.create(100).headers["Location"]
+    for i in range(3):
+        assert tus.patch(url, i, b"x").status_code == 204
+    r = tus.patch(url, 3, b"y")
+    assert r.status_code == 400 and r.get_json()["code"] == "too_many_parts"
+    assert tus.head(url).headers["Upload-Offset"] == "3"
