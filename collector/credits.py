@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import hmac
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from itsdangerous import BadSignature, URLSafeSerializer
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from . import reports
 from .models import Photo, User, utcnow
 
 
@@ -33,6 +35,25 @@ class Progress:
 def progress_of(session: Session, user_id: int, quota: int) -> Progress:
     accepted = session.scalar(select(User.accepted_count).where(User.id == user_id)) or 0
     return Progress(accepted, quota)
+
+
+def adjust(session: Session, user_id: int, delta: int, photo_created_at: dt.datetime, *, new_upload: bool = False) -> int:
+    """Move a contributor's credit by ``delta`` (+1 a photo counts, -1 it no longer does), in
+    the caller's transaction, and keep the hourly counters in step; returns the new count.
+
+    The one place a credit changes: intake (+1), review reject (-1) and restore (+1) all come
+    here, so ``User.accepted_count`` and ``accepted_per_hour`` can never disagree. The hour is
+    the photo's acceptance hour, whenever the change happens. ``new_upload`` (intake) also
+    records when the contributor last added a photo.
+    """
+    values: dict = {"accepted_count": User.accepted_count + delta}
+    if new_upload:
+        values["last_upload_at"] = photo_created_at
+    count = session.execute(
+        update(User).where(User.id == user_id).values(**values).returning(User.accepted_count)
+    ).scalar_one()
+    reports.bump_hour(session, photo_created_at, delta)
+    return count
 
 
 # -- the meetup pass ------------------------------------------------------------------------

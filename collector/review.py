@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from sqlalchemy import func, or_, select, update
 
-from . import checks, reports
-from .models import Photo, ReviewAction, User
+from . import checks, credits, reports
+from .models import Photo, ReviewAction
 
 REASONS = {
     "not_a_plate": "Not a number plate",
@@ -37,8 +37,7 @@ def reject(db, photo_id: int, organiser_id: int, reason: str, note: str | None =
         ).rowcount
         if changed:
             user_id, created = tx.execute(select(Photo.user_id, Photo.created_at).where(Photo.id == photo_id)).one()
-            tx.execute(update(User).where(User.id == user_id).values(accepted_count=User.accepted_count - 1))
-            reports.bump_hour(tx, created, -1)
+            credits.adjust(tx, user_id, -1, created)
             tx.add(ReviewAction(photo_id=photo_id, organiser_id=organiser_id, action="reject", reason=reason, note=note))
         return bool(changed)
 
@@ -53,8 +52,7 @@ def restore(db, photo_id: int, organiser_id: int, note: str | None = None) -> bo
         ).rowcount
         if unrejected:
             user_id, created = tx.execute(select(Photo.user_id, Photo.created_at).where(Photo.id == photo_id)).one()
-            tx.execute(update(User).where(User.id == user_id).values(accepted_count=User.accepted_count + 1))
-            reports.bump_hour(tx, created, +1)
+            credits.adjust(tx, user_id, +1, created)
             tx.add(ReviewAction(photo_id=photo_id, organiser_id=organiser_id, action="restore", note=note))
             return True
         unflagged = tx.execute(update(Photo).where(Photo.id == photo_id, Photo.status == "flagged").values(status="accepted")).rowcount
