@@ -14,11 +14,9 @@ import argparse
 import csv
 import difflib
 import json
-import os
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 

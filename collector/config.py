@@ -33,6 +33,13 @@ def _date(value: str) -> dt.date | None:
     return dt.date.fromisoformat(value.strip()) if value.strip() else None
 
 
+def _plate_policy(value: str) -> str:
+    v = value.strip().lower()
+    if v not in ("review", "hold", "off"):
+        raise ValueError(f"expected review, hold or off, got {value!r}")
+    return v
+
+
 def _positive_int(value: str) -> int:
     n = int(value)
     if n <= 0:
@@ -69,6 +76,8 @@ SETTINGS: list[Setting] = [
     Setting("LICENCE", "CC BY 4.0", "Licence contributors agree to for the dataset."),
     Setting("LICENCE_URL", "https://creativecommons.org/licenses/by/4.0/", "Link to the licence text shown at registration."),
     Setting("COOKIE_SECURE", False, "Send session cookies only over HTTPS. Turn on when served behind TLS.", _bool),
+    Setting("PLATE_POLICY", "review", "What a photo where no plate was found does to its credit: `review` (keeps it, goes to the review queue), `hold` (the credit waits for an organiser) or `off` (plates are not read).", _plate_policy),
+    Setting("DISTINCT_PLATES", False, "Only distinct plate texts count toward the fee: a second photo of a plate the contributor already sent earns no credit.", _bool),
     Setting("LOGIN_MAX_FAILURES", 10, "Failed log-ins per email or address within 15 minutes before log-in is refused for a while.", _positive_int),
 ]
 

@@ -128,7 +128,7 @@ def plates_from_lines(lines: list[Line]) -> list[Plate]:
             if box[2] * 1.0 >= 0.8 * box[3]:  # a two-line plate is roughly square or wider
                 used.update((i, best))
                 plates.append(Plate(box, top.text + bottom.text, round(min(top.score, bottom.score), 4)))
-    for i, ln in enumerate(_side_by_side(lines, used)):
+    for ln in _side_by_side(lines, used):
         if ln is None:
             continue
         x, y, w, h = ln.box
@@ -152,7 +152,7 @@ def _side_by_side(lines: list[Line], used: set[int]) -> list[Line | None]:
             right = out[b]
             if b == a or right is None or right.box[0] <= left.box[0]:
                 continue
-            (lx, ly, lw, lh), (rx, ry, rw, rh) = left.box, right.box
+            (lx, ly, lw, lh), (rx, ry, _rw, rh) = left.box, right.box
             gap = rx - (lx + lw)
             vover = min(ly + lh, ry + rh) - max(ly, ry)
             if (0.75 <= lh / rh <= 1.33 and vover >= 0.7 * min(lh, rh) and -0.2 * lh <= gap <= 0.6 * max(lh, rh)
@@ -237,3 +237,33 @@ def reader() -> Reader:
 def read_plates(image: Image.Image) -> list[Plate]:
     """Plates in ``image`` (the photo as displayed), best first; [] when none is found."""
     return reader().read(image)
+
+
+def open_photo(data: bytes, fmt: str, orientation: int, max_pixels: int) -> Image.Image:
+    """A stored photo as displayed, decoded small enough to read: JPEG in draft mode at the
+    reading side, orientation applied. Only photos intake accepted get here, so they are valid
+    images of an allowed format; the pixel limit is still checked before decoding."""
+    import io
+
+    from . import imaging
+
+    if fmt == "HEIF":
+        imaging._register_heif()
+    formats = {"JPEG": ["JPEG", "MPO"], "PNG": ["PNG"], "WEBP": ["WEBP"], "HEIF": ["HEIF"]}[fmt]
+    with Image.open(io.BytesIO(data), formats=formats) as im:
+        if im.width * im.height > max_pixels:
+            raise ValueError(f"{im.width}x{im.height} is over the pixel limit")
+        if fmt == "JPEG":
+            im.draft("RGB", (READ_SIDE, READ_SIDE))
+        im.load()
+        if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+            arr = np.asarray(im, dtype=np.float64)
+            top = arr.max() if arr.size else 0
+            im = Image.fromarray(np.clip(arr * (255.0 / top if top > 255 else 1.0), 0, 255).astype(np.uint8), "L")
+        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+            rgba = im.convert("RGBA")
+            im = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+        rgb = im.convert("RGB")
+    if max(rgb.size) > READ_SIDE:  # PNG and WebP have no draft mode: reduce once, here
+        rgb.thumbnail((READ_SIDE, READ_SIDE), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return rgb if fmt == "HEIF" else imaging.orient(rgb, orientation)
