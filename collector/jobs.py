@@ -369,7 +369,8 @@ def read_one(db, storage, claim: Claim, settings: dict, deadline_s: float = DEAD
     from . import plates
     from .storage import StorageUnavailable
 
-    photo = db.session.get(Photo, claim.photo_id)
+    with db.Session() as s:
+        photo = s.get(Photo, claim.photo_id)
     found: list = []
     error = None
     t0 = time.process_time()
@@ -408,7 +409,6 @@ def run(db, storage, settings: dict, *, until_idle: bool = False, lease: dt.time
         if stop_with and not _alive(stop_with):
             break
         claim = claim_next(db, worker, lease)
-        db.session.remove()
         if claim is None:
             if until_idle:
                 break
@@ -417,7 +417,6 @@ def run(db, storage, settings: dict, *, until_idle: bool = False, lease: dt.time
         if on_event:
             on_event("reading", claim.photo_id, worker)
         state = read_one(db, storage, claim, settings, deadline_s)
-        db.session.remove()
         if on_event:
             on_event(state, claim.photo_id, worker)
         if state == "released":

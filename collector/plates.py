@@ -45,37 +45,34 @@ class Line:
     score: float
 
 
-_LOOKS_LETTER = {"0": "O", "1": "I", "8": "B", "5": "S", "2": "Z"}
-_LOOKS_DIGIT = {v: k for k, v in _LOOKS_LETTER.items()}
+_LOOKS_DIGIT = {"O": "0", "I": "1", "Q": "0", "D": "0"}
 
 
 def normalise(text: str) -> str:
     """Upper case, letters and digits only ("ka-01 ah 3886" -> "KA01AH3886").
 
-    Plates print letters and digits in groups, and OCR's commonest slip is one 0/O or 1/I
-    inside a group; a group of three or more that is all letters but one digit that looks like
-    a letter (or the reverse) gets that one character swapped ("AY0-9034" -> "AYO9034").
+    Plates print letters and digits in groups; in a group of three or more digits with one
+    letter that looks like a digit (O, I, Q, D), that letter is the OCR's slip ("12O4" -> "1204").
+    The other way round (a 0 among letters) is left alone: "UH1-F0F" is a real plate.
     """
     groups = re.split(r"[\s\-\u2010-\u2015.\u00b7:]+", (text or "").upper())
     out = []
     for g in groups:
         g = _NOT_ALNUM.sub("", g)
-        digits = [i for i, c in enumerate(g) if c.isdigit()]
-        if len(g) >= 3 and len(digits) == 1 and g[digits[0]] in _LOOKS_LETTER:
-            g = g[: digits[0]] + _LOOKS_LETTER[g[digits[0]]] + g[digits[0] + 1:]
         letters = [i for i, c in enumerate(g) if c.isalpha()]
-        if len(g) >= 3 and len(letters) == 1 and g[letters[0]] in _LOOKS_DIGIT:
+        if len(g) >= 4 and len(letters) == 1 and g[letters[0]] in _LOOKS_DIGIT:
             g = g[: letters[0]] + _LOOKS_DIGIT[g[letters[0]]] + g[letters[0] + 1:]
         out.append(g)
     return "".join(out)
 
 
 def plate_like(text: str) -> bool:
-    """4-10 letters and digits with at least one of each; or 5-8 digits (many US plates)."""
+    """4-10 letters and digits with at least one of each; or 7-8 digits (many US plates).
+    Shorter runs of digits alone are too often prices, house numbers or phone fragments."""
     if not MIN_LEN <= len(text) <= MAX_LEN:
         return False
     if text.isdigit():
-        return 5 <= len(text) <= 8
+        return 7 <= len(text) <= 8
     return any(c.isdigit() for c in text) and any(c.isalpha() for c in text)
 
 

@@ -26,6 +26,11 @@ def scene(seed: int, size: tuple[int, int] = (1024, 768)) -> Image.Image:
         d.ellipse([x0, y0, x0 + rnd.randrange(8, w // 10), y0 + rnd.randrange(8, h // 10)],
                   fill=tuple(rnd.randrange(40, 220) for _ in range(3)))
     im = im.filter(ImageFilter.GaussianBlur(1)).resize(size, Image.Resampling.BILINEAR)
+    d = ImageDraw.Draw(im)
+    for _ in range(rnd.randrange(6, 12)):  # sharp edges: walls, poles, windows
+        x0, y0 = rnd.randrange(0, w), rnd.randrange(0, h // 2)
+        d.rectangle([x0, y0, x0 + rnd.randrange(20, w // 4), y0 + rnd.randrange(20, h // 3)],
+                    fill=tuple(rnd.randrange(30, 230) for _ in range(3)), outline=(20, 20, 20), width=3)
     noise = Image.effect_noise(size, 12).convert("RGB")
     return Image.blend(im, noise, 0.08)
 
