@@ -87,7 +87,7 @@ def claim_next(db, worker: str, lease: dt.timedelta = LEASE) -> Claim | None:
             # The primary key has the last word: a claim that lost a race inserts nothing.
             stmt = _insert_ignore(db, PlateRead).values(photo_id=photo_id, state="reading", claim=token, worker=worker,
                                                         claimed_at=now, attempts=1)
-            if tx.execute(stmt).rowcount == 1:
+            if tx.execute(stmt.returning(PlateRead.photo_id)).scalar() is not None:
                 return Claim(photo_id, token, worker)
 
 
@@ -291,16 +291,20 @@ def reads_of(session: Session, photo_ids: list[int]) -> dict[int, PlateRead]:
 
 
 def counts(session: Session) -> dict[str, int]:
-    """Plates read, none found, errors and pending, over credited photos."""
+    """Over credited photos: plates read (by the machine or an organiser), none found, errors,
+    pending, and credits held back by the policy."""
+    has_plate = exists().where(PhotoPlate.photo_id == Photo.id)
+    credited = Photo.status.in_(CREDITED)
+    found = session.scalar(select(func.count()).select_from(Photo).where(credited, has_plate)) or 0
     rows = dict(session.execute(
         select(PlateRead.state, func.count()).join(Photo, Photo.id == PlateRead.photo_id)
-        .where(Photo.status.in_(CREDITED)).group_by(PlateRead.state)
+        .where(credited, ~has_plate).group_by(PlateRead.state)
     ).all())
-    credited = session.scalar(select(func.count()).select_from(Photo).where(Photo.status.in_(CREDITED))) or 0
-    done = rows.get("found", 0) + rows.get("none", 0) + rows.get("error", 0)
+    total = session.scalar(select(func.count()).select_from(Photo).where(credited)) or 0
     held = session.scalar(select(func.count()).select_from(PlateRead).where(PlateRead.credit_held.is_not(None))) or 0
-    return {"plates_found": rows.get("found", 0), "plates_none": rows.get("none", 0), "plates_error": rows.get("error", 0),
-            "plates_pending": credited - done, "plates_credit_held": held}
+    none, error = rows.get("none", 0), rows.get("error", 0)
+    return {"plates_found": found, "plates_none": none, "plates_error": error,
+            "plates_pending": total - found - none - error, "plates_credit_held": held}
 
 
 def distinct_plates(session: Session, user_id: int) -> tuple[int, list[tuple[str, int]]]:

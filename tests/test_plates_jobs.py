@@ -252,3 +252,46 @@ def test_policy_off_reads_nothing(settings, svc, make_user, runner):
     assert r.exit_code == 0 and "off" in r.stderr
     with svc.db.Session() as s:
         assert [row["status"] for row in jobs.report_rows(s)] == ["pending"]
+
+
+# -- pages ----------------------------------------------------------------------------------------
+
+def test_pages_show_the_plate_the_box_and_take_a_correction(app, svc, make_user):
+    import re
+
+    from .conftest import Auth
+
+    ann = make_user()
+    org = make_user("org@example.com", "Org", organiser=True)
+    car = _accept(svc, ann, _plate(["KA01 AB1234"], 70))
+    flowers = _accept(svc, ann, no_plate_photo(71, SIZE))
+    pending = None
+    _run(svc)
+    pending = _accept(svc, ann, _plate(["AB-123-CD"], 72))
+
+    attendee = app.test_client()
+    Auth(attendee).login(ann.email)
+    mine = attendee.get("/photos").get_data(as_text=True)
+    assert "plate read: <strong class=\"plate-text\">KA01AB1234</strong>" in mine
+    assert "no plate found: an organiser will look at it" in mine
+    assert "plate not read yet" in mine and pending
+    assert attendee.post(f"/dashboard/photos/{flowers}/plate", data={"text": "X"}).status_code in (400, 403)
+
+    c = app.test_client()
+    Auth(c).login(org.email)
+    page = c.get(f"/dashboard/photos/{car}").get_data(as_text=True)
+    rect = re.search(r'<rect class="plate-box" x="(\d+)" y="(\d+)" width="(\d+)" height="(\d+)" data-text="KA01AB1234">', page)
+    assert rect and int(rect.group(3)) > 2 * int(rect.group(4))
+    assert "style=" not in page.split("<main", 1)[-1] and "<script>" not in page  # CSP-safe: no inline style or script
+    grid = c.get("/dashboard/review?filter=no_plate").get_data(as_text=True)
+    assert f'id="photo-{flowers}"' in grid and f'id="photo-{car}"' not in grid
+    token = re.search(r'name="csrf-token" content="([^"]+)"', page).group(1)
+    r = c.post(f"/dashboard/photos/{flowers}/plate", data={"text": "mh 12 de 1433", "csrf_token": token})
+    assert r.status_code == 302
+    page = c.get(f"/dashboard/photos/{flowers}").get_data(as_text=True)
+    assert "MH12DE1433" in page and "plate text (none) -&gt; MH12DE1433" in page
+    assert f'id="photo-{flowers}"' not in c.get("/dashboard/review?filter=no_plate").get_data(as_text=True)
+    dash = c.get("/dashboard").get_data(as_text=True)
+    assert re.search(r'id="n-plates-found">2<', dash) and re.search(r'id="n-plates-pending">1<', dash)
+    person = c.get(f"/dashboard/contributors/{ann.id}").get_data(as_text=True)
+    assert re.search(r'id="distinct-plates">2\b', person)
