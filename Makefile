@@ -24,6 +24,7 @@ $(VENV)/.dev-deps: $(VENV)/.run-deps requirements-dev.txt
 run: $(VENV)/.run-deps
 	$(BIN)/flask --app app db upgrade
 	@echo "Plate Collector on http://$(HOST):$(PORT)/"
+	nice $(BIN)/flask --app app plates run --stop-with $$PPID &  # the plate worker, off the upload path; ends with make
 	$(BIN)/gunicorn --bind $(HOST):$(PORT) --workers $(WORKERS) --worker-class gthread --threads $(THREADS) \
 		--timeout 120 --access-logfile - 'app:create_app()'
 

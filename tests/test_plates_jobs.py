@@ -295,3 +295,20 @@ def test_pages_show_the_plate_the_box_and_take_a_correction(app, svc, make_user)
     assert re.search(r'id="n-plates-found">2<', dash) and re.search(r'id="n-plates-pending">1<', dash)
     person = c.get(f"/dashboard/contributors/{ann.id}").get_data(as_text=True)
     assert re.search(r'id="distinct-plates">2\b', person)
+
+
+def test_worker_stops_with_the_process_it_was_started_with(settings, svc):
+    """`make run` starts the worker with --stop-with its own pid: the worker ends with it."""
+    parent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    proc = _worker(settings, "--stop-with", str(parent.pid))
+    try:
+        time.sleep(1)
+        assert proc.poll() is None  # idle, waiting for photos
+        parent.kill()
+        parent.wait()
+        proc.wait(timeout=120)
+        assert proc.returncode == 0
+    finally:
+        parent.kill()
+        proc.kill()
+        proc.communicate()
