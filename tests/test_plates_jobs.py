@@ -312,3 +312,45 @@ def test_worker_stops_with_the_process_it_was_started_with(settings, svc):
         parent.kill()
         proc.kill()
         proc.communicate()
+
+
+# -- export ---------------------------------------------------------------------------------------
+
+def test_export_carries_the_plates_into_coco_imagefolder_csv_and_the_card(svc, make_user, runner, tmp_path):
+    import csv
+
+    ann, bob = make_user(), make_user("bob@example.com", "Bob")
+    org = make_user("org@example.com", "Org", organiser=True)
+    car = _accept(svc, ann, _plate(["KA01", "AH3886"], 80))
+    _accept(svc, bob, no_plate_photo(81, SIZE))
+    typed = _accept(svc, bob, no_plate_photo(82, SIZE), "typed.jpg")
+    _run(svc)
+    jobs.correct(svc.db, typed, org.id, "XY12ZZ", svc.settings)
+
+    out = tmp_path / "coco"
+    assert runner.invoke(args=["export", str(out), "--format", "coco", "--split", "34/33/33"]).exit_code == 0
+    coco = json.loads((out / "annotations.json").read_text())
+    assert coco["categories"] == [{"id": 1, "name": "plate", "supercategory": "vehicle"}]
+    [a] = coco["annotations"]  # the typed plate has no box, so no annotation
+    assert a["image_id"] == car and a["category_id"] == 1 and a["iscrowd"] == 0 and a["segmentation"] == []
+    assert a["attributes"] == {"text": "KA01AH3886", "source": "machine", "occluded": False}
+    x, y, w, h = a["bbox"]
+    assert a["area"] == w * h and 0 <= x and x + w <= 800 and 0 <= y and y + h <= 600
+    image = next(i for i in coco["images"] if i["id"] == car)
+    assert (out / image["file_name"]).is_file() and (image["width"], image["height"]) == (800, 600)
+    card = (out / "README.md").read_text()
+    assert "RapidOCR" in card and "Plates: 2, of which 1 were typed or corrected by a person" in card
+
+    out = tmp_path / "csv"
+    assert runner.invoke(args=["export", str(out), "--format", "csv"]).exit_code == 0
+    with open(out / "manifest.csv", newline="") as fh:
+        rows = {r["plates"] for r in csv.DictReader(fh)}
+    assert '[{"text":"XY12ZZ","box":null,"source":"organiser"}]' in rows and "[]" in rows
+
+    from datasets import load_dataset
+
+    out = tmp_path / "imagefolder"
+    assert runner.invoke(args=["export", str(out), "--split", "34/33/33"]).exit_code == 0
+    ds = load_dataset("imagefolder", data_dir=str(out))
+    plates = [p for s in ds for row in ds[s] for p in json.loads(row["plates"])]
+    assert sorted(p["text"] for p in plates) == ["KA01AH3886", "XY12ZZ"]
