@@ -6,18 +6,23 @@ HOST ?= 127.0.0.1
 PORT ?= 5000
 WORKERS ?= 2
 THREADS ?= 8
-export COLLECTOR_TEST_POSTGRES_URL ?= postgresql+psycopg://root@127.0.0.1:5432/test
+PIP := $(BIN)/python -m pip --disable-pip-version-check
+# The PostgreSQL server for the second test pass; the suite only uses this URL's database
+# (the maintenance database `postgres`) to create and drop a database of its own per run.
+export COLLECTOR_TEST_POSTGRES_URL ?= postgresql+psycopg://root@127.0.0.1:5432/postgres
 
-.PHONY: run test test-sqlite test-postgresql lint bench clean
+.PHONY: run test test-sqlite test-postgresql lint flask migration bench clean
 
 $(VENV)/.run-deps: requirements.txt
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	@test -x $(BIN)/python || { echo "Creating $(VENV) with $(PYTHON)..."; $(PYTHON) -m venv $(VENV); }
+	@echo "Installing dependencies (the first run takes ~2 minutes; pip builds pdqhash with the C++ compiler)..."
+	$(PIP) install --progress-bar on --upgrade pip
+	$(PIP) install --progress-bar on -r requirements.txt
 	@touch $@
 
 $(VENV)/.dev-deps: $(VENV)/.run-deps requirements-dev.txt
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	@echo "Installing test dependencies..."
+	$(PIP) install --progress-bar on -r requirements-dev.txt
 	@touch $@
 
 ## Serve on http://$(HOST):$(PORT) (HOST=0.0.0.0 for phones on the same wifi)
@@ -25,19 +30,19 @@ run: $(VENV)/.run-deps
 	$(BIN)/flask --app app db upgrade
 	@echo "Plate Collector on http://$(HOST):$(PORT)/"
 	nice $(BIN)/flask --app app plates run --stop-with $$PPID &  # the plate worker, off the upload path; ends with make
-	$(BIN)/gunicorn --bind $(HOST):$(PORT) --workers $(WORKERS) --worker-class gthread --threads $(THREADS) \
-		--timeout 120 --access-logfile - 'app:create_app()'
+	$(BIN)/gunicorn --config gunicorn.conf.py --bind $(HOST):$(PORT) --workers $(WORKERS) --threads $(THREADS) \
+		--access-logfile - 'app:create_app()'
 
 ## The whole suite on SQLite, then on PostgreSQL when one is reachable
 test: test-sqlite test-postgresql
 
 test-sqlite: $(VENV)/.dev-deps
-	$(BIN)/python -m ruff check collector tests bench app.py
-	$(BIN)/python -m pytest --db=sqlite
+	$(BIN)/python -m ruff check collector tests bench tools app.py
+	$(BIN)/python -m pytest --db=sqlite $(ARGS)
 
 test-postgresql: $(VENV)/.dev-deps
 	@if $(BIN)/python tests/pg_available.py; then \
-		$(BIN)/python -m pytest --db=postgresql; \
+		$(BIN)/python -m pytest --db=postgresql $(ARGS); \
 	elif [ -n "$$COLLECTOR_REQUIRE_POSTGRES" ]; then \
 		echo "PostgreSQL is required (COLLECTOR_REQUIRE_POSTGRES) but not reachable at $$COLLECTOR_TEST_POSTGRES_URL"; exit 1; \
 	else \
@@ -45,7 +50,15 @@ test-postgresql: $(VENV)/.dev-deps
 	fi
 
 lint: $(VENV)/.dev-deps
-	$(BIN)/python -m ruff check collector tests bench app.py
+	$(BIN)/python -m ruff check collector tests bench tools app.py
+
+## The command line with the same settings as the server: make flask ARGS="users create ..."
+flask: $(VENV)/.run-deps
+	$(BIN)/flask --app app $(ARGS)
+
+## A new database migration from the models: make migration MSG="add a note to photos"
+migration: $(VENV)/.dev-deps
+	$(BIN)/python tools/new_migration.py "$(MSG)"
 
 bench: $(VENV)/.dev-deps
 	$(BIN)/python bench/ingest.py

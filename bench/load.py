@@ -70,7 +70,7 @@ def main() -> None:
     p.add_argument("--size", default="2016x1512")
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--threads", type=int, default=8)
-    p.add_argument("--postgres", default=os.environ.get("COLLECTOR_TEST_POSTGRES_URL", "postgresql+psycopg://root@127.0.0.1:5432/test"))
+    p.add_argument("--postgres", default=os.environ.get("COLLECTOR_TEST_POSTGRES_URL", "postgresql+psycopg://root@127.0.0.1:5432/postgres"))
     args = p.parse_args()
     size = tuple(int(x) for x in args.size.split("x"))
 

@@ -62,7 +62,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         # Pages stay open for a long time on phones at a meetup; the token lives with the session.
         WTF_CSRF_TIME_LIMIT=None,
         WTF_CSRF_SSL_STRICT=settings["COOKIE_SECURE"],
-        # One file per API request; the plain form may carry many (see upload.py).
+        # One file per API request; the plain upload form may carry many (pages.upload).
         MAX_CONTENT_LENGTH=settings["MAX_UPLOAD_MB"] * 1024 * 1024 + 256 * 1024,
         MAX_FORM_MEMORY_SIZE=1024 * 1024,
     )
@@ -81,9 +81,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.extensions["collector"] = Collector(settings, db, storage, intake)
     app.teardown_appcontext(lambda exc: db.session.remove())
 
-    from . import api, auth, cli, dashboard, errors, pages
+    from . import api, auth, cli, dashboard, errors, pages, security
 
-    app.before_request(pages.set_request_limit)  # before CSRFProtect reads the form
+    security.init_app(app)  # its guard runs before CSRFProtect reads a form
     csrf.init_app(app)
     login_manager.init_app(app)
     login_manager.login_view = "auth.login"
@@ -111,7 +111,11 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 def _load_user(user_id: str):
     from .models import User
 
+    # "id:session_version" (User.get_id): a cookie from before the last log-out or password
+    # change names an older version and no longer loads anyone.
+    uid, _, version = (user_id or "").partition(":")
     try:
-        return services().db.session.get(User, int(user_id))
+        user = services().db.session.get(User, int(uid))
+        return user if user is not None and version == str(user.session_version) else None
     except ValueError:
         return None

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask import Blueprint, abort, current_app, flash, g, redirect, render_template, request, session, url_for
 from flask_login import current_user, login_required, login_user, logout_user
 from flask_wtf import FlaskForm
 from sqlalchemy import select
 from wtforms import BooleanField, EmailField, PasswordField, StringField
 from wtforms.validators import DataRequired, Length
 
-from . import accounts, services
+from . import accounts, limits, services
 from .models import ApiToken
 
 bp = Blueprint("auth", __name__)
@@ -48,14 +48,21 @@ def register():
     form = RegisterForm()
     if form.validate_on_submit():
         svc = services()
+        per_ten_minutes = svc.settings["REGISTRATIONS_PER_ADDRESS"]
+        wait = limits.hit(svc.db, f"register:addr:{request.remote_addr}", limits.Limit(per_ten_minutes, 600))
+        if wait is not None:
+            raise limits.RateLimited(
+                wait, f"Too many accounts were created from this address just now. Wait {limits.wait_phrase(wait)}, then try again."
+            )
         try:
-            user = accounts.create_user(svc.db, form.email.data, form.name.data, form.password.data, svc.settings["LICENCE"])
+            accounts.create_user(svc.db, form.email.data, form.name.data, form.password.data, svc.settings["LICENCE"])
+        except accounts.DuplicateEmail:
+            pass  # the same answer as for a new account: whether an email is known is nobody's business
         except accounts.AccountError as exc:
             getattr(form, exc.field or "email").errors.append(str(exc))
-        else:
-            login_user(user)
-            flash(f"Welcome, {user.name}! Upload your photos below.", "success")
-            return redirect(url_for("pages.upload"))
+        if not form.errors:
+            flash("If this email is new, your account is ready: log in below.", "success")
+            return redirect(url_for("auth.login"))
     status = 400 if form.is_submitted() else 200
     return render_template("register.html", form=form), status
 
@@ -72,12 +79,18 @@ def login():
             user = accounts.authenticate(
                 svc.db, form.email.data, form.password.data, request.remote_addr, svc.settings["LOGIN_MAX_FAILURES"]
             )
-        except accounts.RateLimited:
-            form.password.errors.append("Too many failed log-ins. Wait 15 minutes, then try again.")
+        except limits.RateLimited as exc:
+            form.password.errors.append(exc.message)
             status = 429
+            headers = {"Retry-After": str(exc.retry_after)}
+            return render_template("login.html", form=form), status, headers
         else:
             if user is not None:
                 login_user(user, remember=True)
+                # A new CSRF token for the new session: one planted before log-in is worthless.
+                field = current_app.config.get("WTF_CSRF_FIELD_NAME", "csrf_token")
+                session.pop(field, None)
+                g.pop(field, None)
                 return redirect(_safe_next(request.args.get("next")))
             form.password.errors.append("Wrong email or password.")
             status = 401
@@ -88,6 +101,8 @@ def login():
 
 @bp.route("/logout", methods=["POST"])
 def logout():
+    if current_user.is_authenticated:
+        accounts.end_sessions(services().db, current_user.id)  # every device, every remember cookie
     logout_user()
     flash("You are logged out.", "info")
     return redirect(url_for("pages.index"))
@@ -109,7 +124,11 @@ def account():
 @bp.route("/account/tokens", methods=["POST"])
 @login_required
 def create_token():
-    new = accounts.create_token(services().db, current_user.id)
+    try:
+        new = accounts.create_token(services().db, current_user.id, services().settings["MAX_API_TOKENS"])
+    except accounts.TooManyTokens as exc:
+        flash(str(exc), "error")
+        return _render_account(), 422
     # Shown once, on this response only: the database keeps a hash.
     return _render_account(new.token), 201
 

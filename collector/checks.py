@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .imaging import Fingerprint
 from .metadata import Metadata
+
+if TYPE_CHECKING:
+    from .inspection import Inspection
 
 # The stable reason codes, with the sentence a person sees. HTTP statuses live in api.py.
 MESSAGES: dict[str, str] = {
@@ -18,6 +22,7 @@ MESSAGES: dict[str, str] = {
     "corrupt": "The image is damaged or incomplete and cannot be read. Send the original file again.",
     "corrupt_metadata": "The photo's EXIF metadata is damaged ({why}), so the file cannot be trusted. Send the original photo from your camera or phone.",
     "too_many_pixels": "The image declares {pixels} pixels, more than the {max_pixels} allowed. Send a normal camera photo.",
+    "too_complex": "The image is built in a way that would take far more memory or time to read than any camera photo ({why}). Send the photo as it came from the camera.",
     "too_small": "The photo is {width}x{height} pixels; its shorter side must be at least {min_side} pixels. Send the original, not a thumbnail or a crop.",
     "low_quality": "The photo is {why}, so no plate can be read in it. Take the photo again.",
     "metadata_policy": "{why}",
@@ -98,3 +103,17 @@ def check_metadata_policy(meta: Metadata, captured_after: dt.date | None, requir
             why=f"The photo was taken on {meta.captured_at.date().isoformat()}; only photos taken on or after {captured_after.isoformat()} count. Take a new photo.",
         )
     return None
+
+
+# The ordered checks of an inspected photo: the first rejection is the verdict. Each takes the
+# inspection and the settings, so adding a check is one line here and its function above.
+CHECKS: tuple[Callable[[Inspection, Mapping[str, Any]], Rejection | None], ...] = (
+    lambda ins, s: check_metadata_sound(ins.metadata),
+    lambda ins, s: check_size(ins.width, ins.height, s["MIN_SIDE"]),
+    lambda ins, s: check_metadata_policy(ins.metadata, s["CAPTURED_AFTER"], s["REQUIRE_EXIF"]),
+    lambda ins, s: check_quality(ins.fingerprint),
+)
+
+
+def first_rejection(ins: Inspection, settings: Mapping[str, Any]) -> Rejection | None:
+    return next((r for check in CHECKS if (r := check(ins, settings)) is not None), None)

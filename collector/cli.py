@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from flask.cli import AppGroup, with_appcontext
 from . import accounts, integrity, jobs, reports, services
 from . import export as export_mod
 
+log = logging.getLogger(__name__)
 users = AppGroup("users", help="Manage accounts.")
 db_group = AppGroup("db", help="Database schema.")
 plates_group = AppGroup("plates", help="Read the plate of every accepted photo, off the upload path.")
@@ -74,25 +76,10 @@ def import_photos(paths: tuple[str, ...], as_email: str, as_json: bool) -> None:
     if user is None:
         raise click.ClickException(f"no account with email {as_email}")
     counts: dict[str, int] = {}
-    unreadable = 0
+    failed = 0
     for path in _files(paths):
-        try:
-            with open(path, "rb") as fh:
-                verdict = svc.intake.submit(user.id, fh, path.name)
-        except OSError as exc:
-            unreadable += 1
-            record = {"file": str(path), "status": "error", "code": "unreadable", "message": exc.strerror or str(exc),
-                      "photo_id": None, "sha256": None, "metadata": None}
-        else:
-            record = {
-                "file": str(path),
-                "status": verdict.status,
-                "code": verdict.code,
-                "message": verdict.message,
-                "photo_id": verdict.photo_id,
-                "sha256": verdict.sha256,
-                "metadata": verdict.metadata,
-            }
+        record = _import_one(svc, user.id, path)
+        failed += record["status"] == "error"
         counts[record["status"]] = counts.get(record["status"], 0) + 1
         if as_json:
             click.echo(json.dumps(record))
@@ -101,8 +88,26 @@ def import_photos(paths: tuple[str, ...], as_email: str, as_json: bool) -> None:
     progress = svc.intake.progress(user.id)
     summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no files"
     click.echo(f"{summary}; {user.email} now has {progress.accepted}/{progress.quota} accepted", err=True)
-    if unreadable:
+    if failed:
         sys.exit(1)
+
+
+def _import_one(svc, user_id: int, path: Path) -> dict:
+    """One file's verdict line; whatever the file does, the next one still gets its own."""
+    record = {"file": str(path), "photo_id": None, "sha256": None, "metadata": None}
+    try:
+        fh = open(path, "rb")  # noqa: SIM115 (closed below, whatever submit does)
+    except OSError as exc:
+        return record | {"status": "error", "code": "unreadable", "message": exc.strerror or str(exc)}
+    try:
+        verdict = svc.intake.submit(user_id, fh, path.name)
+    except Exception as exc:  # a fault of ours or of the database: say so, log it, go on
+        log.exception("import of %s failed", path)
+        return record | {"status": "error", "code": "failed", "message": f"{type(exc).__name__}: {exc}"[:300]}
+    finally:
+        fh.close()
+    return record | {"status": verdict.status, "code": verdict.code, "message": verdict.message,
+                     "photo_id": verdict.photo_id, "sha256": verdict.sha256, "metadata": verdict.metadata}
 
 
 @click.command("storage-check")
@@ -112,9 +117,13 @@ def import_photos(paths: tuple[str, ...], as_email: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @with_appcontext
 def storage_check(fix: bool, grace_minutes: int, as_json: bool) -> None:
-    """Compare stored objects with photo rows. Exits 1 when a row's object is missing."""
+    """Compare stored objects with photo rows; find leftovers of killed writers.
+
+    Exits 1 when a row's object is missing, or (without --fix) when stale orphans, half-written
+    temporary objects or spool files are found."""
     svc = services()
-    report = integrity.check_storage(svc.db, svc.storage, fix=fix, grace=dt.timedelta(minutes=grace_minutes))
+    report = integrity.check_storage(svc.db, svc.storage, fix=fix, grace=dt.timedelta(minutes=grace_minutes),
+                                     spool_dir=svc.intake.spool_dir)
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2))
     else:
@@ -123,9 +132,20 @@ def storage_check(fix: bool, grace_minutes: int, as_json: bool) -> None:
             click.echo(f"MISSING  photo {pid}: {key}")
         for obj in report.orphans:
             click.echo(f"orphan   {obj.key} ({obj.size} bytes, {obj.modified:%Y-%m-%d %H:%M})")
+        for obj in report.temporaries:
+            click.echo(f"temp     {obj.key} ({obj.size} bytes, {obj.modified:%Y-%m-%d %H:%M}): a write a killed process left")
+        for name in report.spool:
+            click.echo(f"spool    {name}: an upload a killed worker left (a whole original)")
         for key in report.quarantined:
             click.echo(f"moved    {key} -> {integrity.QUARANTINE}{key}")
-        click.echo("healthy" if report.healthy else f"ERROR: {len(report.missing)} objects missing")
+        for key in report.removed:
+            click.echo(f"removed  {key}")
+        if report.missing:
+            click.echo(f"ERROR: {len(report.missing)} objects missing")
+        elif not report.healthy:
+            click.echo("NOT CLEAN: stale orphans, temporary objects or spool files; run with --fix")
+        else:
+            click.echo("healthy")
     if not report.healthy:
         sys.exit(1)
 

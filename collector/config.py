@@ -70,6 +70,9 @@ SETTINGS: list[Setting] = [
     Setting("MAX_UPLOAD_MB", 25, "Largest file accepted, in MiB (`too_large` beyond it).", _positive_int),
     Setting("MIN_SIDE", 480, "Shorter side in pixels, after orientation (`too_small` below it).", _positive_int),
     Setting("MAX_PIXELS", 120_000_000, "Decompression-bomb guard: most pixels an image may declare (`too_many_pixels`).", _positive_int),
+    Setting("DECODE_PROCESSES", 2, "Decoder processes per web worker: at most this many images are decoded at once per worker, each with the memory and CPU limits below. 0 decodes in the worker itself, without those limits (not for production).", int),
+    Setting("DECODE_MEMORY_MB", 320, "Memory limit (RLIMIT_DATA) of each decoder process, in MiB; the full-size formats' pixel limits follow from it (`too_many_pixels`).", _positive_int),
+    Setting("DECODE_CPU_SECONDS", 2, "CPU time one decode may use before its decoder process is killed (`too_complex`).", _positive_int),
     Setting("CAPTURED_AFTER", None, "ISO date; photos whose EXIF capture date is older are refused (`metadata_policy`).", _date),
     Setting("REQUIRE_EXIF", False, "Refuse photos without an EXIF capture date (`metadata_policy`).", _bool),
     Setting("NEAR_DUPLICATE_DISTANCE", 31, "Largest PDQ Hamming distance (of 256 bits) that counts as the same picture; at most 31 (the index is built for it).", int),
@@ -78,7 +81,13 @@ SETTINGS: list[Setting] = [
     Setting("COOKIE_SECURE", False, "Send session cookies only over HTTPS. Turn on when served behind TLS.", _bool),
     Setting("PLATE_POLICY", "review", "What a photo where no plate was found does to its credit: `review` (keeps it, goes to the review queue), `hold` (the credit waits for an organiser) or `off` (plates are not read).", _plate_policy),
     Setting("DISTINCT_PLATES", False, "Only distinct plate texts count toward the fee: a second photo of a plate the contributor already sent earns no credit.", _bool),
-    Setting("LOGIN_MAX_FAILURES", 10, "Failed log-ins per email or address within 15 minutes before log-in is refused for a while.", _positive_int),
+    Setting("LOGIN_MAX_FAILURES", 10, "Failed log-ins for one email from one address within 15 minutes before that pair must wait (`rate_limited`); an address gets 30 times as many for unknown emails, an account 10 times as many across addresses.", _positive_int),
+    Setting("REGISTRATIONS_PER_ADDRESS", 30, "Registrations from one address within 10 minutes (`rate_limited` beyond). An address may be a whole wifi.", _positive_int),
+    Setting("UPLOADS_PER_MINUTE", 60, "Upload requests per account per minute (`rate_limited` beyond), counted before the body is read.", _positive_int),
+    Setting("MAX_API_TOKENS", 10, "Active API tokens per account.", _positive_int),
+    Setting("TRUSTED_PROXIES", 0, "Number of reverse proxies in front of the app whose `X-Forwarded-For`/`-Proto` are believed. 0: the socket's address is the client's.", int),
+    Setting("HEADER_TIMEOUT", 10, "Seconds a connection has to send a request's headers (production server).", _positive_int),
+    Setting("BODY_TIMEOUT", 300, "Seconds a request has to send its whole body; also closed after 30 s without a byte (production server).", _positive_int),
 ]
 
 

@@ -22,6 +22,8 @@ from sqlalchemy.orm import Session, scoped_session, sessionmaker
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 INTAKE_LOCK = 0x504C4154  # advisory lock id for "near-duplicate check + insert" ("PLAT")
 MIGRATE_LOCK = 0x504C4D47
+BUSY_TIMEOUT = 5  # seconds SQLite waits for a lock
+LOCK_WAIT = 5  # seconds a writer waits for the intake lock on PostgreSQL before giving up
 
 
 class Database:
@@ -32,9 +34,12 @@ class Database:
         if self.is_sqlite:
             if self.url.database and self.url.database != ":memory:":
                 Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
-            kwargs["connect_args"] = {"timeout": 60, "check_same_thread": False}
+            # A few seconds of waiting for the write lock, then "database is locked", which
+            # errors.py answers with 503 and Retry-After instead of holding the request for a minute.
+            kwargs["connect_args"] = {"timeout": BUSY_TIMEOUT, "check_same_thread": False}
         else:
             kwargs.update(pool_pre_ping=True, pool_size=5, max_overflow=10)
+            kwargs["connect_args"] = {"connect_timeout": 5}  # an unreachable server fails in seconds
         self.engine: Engine = create_engine(self.url, **kwargs)
         if self.is_sqlite:
             _sqlite_transactions(self.engine)
@@ -56,7 +61,11 @@ class Database:
             else:
                 conn.begin()
                 if lock:
+                    # A writer stuck holding the lock must not queue every upload behind it for
+                    # ever: after LOCK_WAIT seconds this fails (503) like a locked SQLite file.
+                    conn.execute(text(f"SET LOCAL lock_timeout = '{LOCK_WAIT}s'"))
                     conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": INTAKE_LOCK})
+                    conn.execute(text("SET LOCAL lock_timeout = 0"))
             with Session(bind=conn, expire_on_commit=False) as session:
                 try:
                     yield session
@@ -123,7 +132,7 @@ def _sqlite_transactions(engine: Engine) -> None:
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute("PRAGMA busy_timeout=60000")
+        cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT * 1000}")
         cur.close()
 
     @event.listens_for(engine, "begin")

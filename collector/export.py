@@ -23,6 +23,7 @@ from sqlalchemy import select
 from . import dedup
 from .models import Photo
 from .privacy import minimal_exif, publishable
+from .reports import safe_cell
 
 FORMATS = ("imagefolder", "coco", "csv")
 SPLITS = ("train", "validation", "test")
@@ -308,7 +309,7 @@ def _csv(rows: list[dict]) -> str:
     writer = csv.DictWriter(buf, fieldnames=FIELDS, lineterminator="\n")
     writer.writeheader()
     for r in rows:
-        writer.writerow({k: r[k] for k in FIELDS})
+        writer.writerow({k: safe_cell(r[k]) for k in FIELDS})
     return buf.getvalue()
 
 

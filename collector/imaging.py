@@ -9,36 +9,24 @@ from __future__ import annotations
 
 import io
 import struct
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pdqhash
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image
 
-ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is `corrupt`, never silently padded
+from . import decoding
 
 ALLOWED = ("JPEG", "PNG", "WEBP", "HEIF")
 EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "HEIF": "heic"}
 MIME_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "HEIF": "image/heic"}
-_PILLOW_FORMATS = {"JPEG": ["JPEG", "MPO"], "PNG": ["PNG"], "WEBP": ["WEBP"], "HEIF": ["HEIF"]}
 _HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1", b"mif2"}
 _AVIF_BRANDS = {b"avif", b"avis"}
 SMALL_SIDE = 320  # the reduced decode is at least this big on its shorter side, where possible
-HASH_SIDE = 512
+HASH_SIDE = decoding.HASH_SIDE
 THUMB_SIDE = 320
-
-_heif_registered = False
-
-
-def _register_heif() -> None:
-    global _heif_registered
-    if not _heif_registered:
-        import pillow_heif
-
-        pillow_heif.register_heif_opener(thumbnails=False)
-        _heif_registered = True
+_register_heif = decoding._register_heif  # collector.privacy re-encodes HEIC with it
 
 
 def sniff(head: bytes) -> tuple[str | None, str | None]:
@@ -86,11 +74,16 @@ def sniff(head: bytes) -> tuple[str | None, str | None]:
 
 
 class DecodeError(Exception):
-    """The file could not be decoded: ``code`` is `corrupt` or `too_many_pixels`."""
+    """The file could not be decoded; ``code`` is the reason code (`corrupt`, `too_many_pixels`,
+    `too_complex`), ``pixels`` the pixel count it declares when known, ``limit`` the pixel limit
+    that applied to it (`too_many_pixels`), ``detail`` what was wrong, for logs."""
 
-    def __init__(self, code: str, detail: str = ""):
+    def __init__(self, code: str, detail: str = "", pixels: int | None = None, limit: int | None = None):
         super().__init__(detail or code)
         self.code = code
+        self.detail = detail or code
+        self.pixels = pixels
+        self.limit = limit
 
 
 @dataclass
@@ -124,60 +117,51 @@ def displayed_size(width: int, height: int, orientation: int) -> tuple[int, int]
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
-def decode(path: Path, fmt: str, max_pixels: int) -> Decoded:
-    """Open ``path`` as ``fmt`` only, refuse it past ``max_pixels``, and decode it once, small."""
-    if fmt == "HEIF":
-        _register_heif()
+# Defaults of the DECODE_* settings (collector/config.py), for callers without settings.
+DECODE_PROCESSES = 2
+DECODE_MEMORY_MB = 320
+DECODE_CPU_SECONDS = 2
+
+
+def decode(
+    path: Path,
+    fmt: str,
+    max_pixels: int,
+    *,
+    small_side: int = SMALL_SIDE,
+    processes: int = DECODE_PROCESSES,
+    memory_mb: int = DECODE_MEMORY_MB,
+    cpu_seconds: int = DECODE_CPU_SECONDS,
+    prechecks: bool = True,
+) -> Decoded:
+    """Check ``path``'s structure as ``fmt``, refuse it past its pixel limit, and decode it once, small.
+
+    With ``processes`` > 0 the decode runs in one of that many decoder processes of this
+    process (collector.decoding.DecoderPool), with ``memory_mb`` of memory and ``cpu_seconds``
+    of CPU; with 0 it runs here, without the backstop (tests and benches compare the two).
+    ``prechecks=False`` is for tests and benches only (see decoding.decode_small). Raises
+    DecodeError.
+    """
     try:
-        with open(path, "rb") as fh:
-            # Image.open reads only the header: the pixel limit is enforced before any decoding.
-            with Image.open(fh, formats=_PILLOW_FORMATS[fmt]) as im:
-                width, height = im.size
-                if width <= 0 or height <= 0:
-                    raise DecodeError("corrupt", "the image declares no pixels")
-                if width * height > max_pixels:
-                    raise DecodeError("too_many_pixels", f"{width}x{height}")
-                exif = _raw_exif(im.info.get("exif"))
-                orientation_applied = fmt == "HEIF"
-                if fmt == "JPEG":
-                    im.draft("RGB", (SMALL_SIDE, SMALL_SIDE))
-                im.load()  # the one decode: proves the whole stream is intact
-                small = _to_rgb(im)
-    except DecodeError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DecodeError("too_many_pixels", str(exc)) from None
-    except UnidentifiedImageError as exc:
-        raise DecodeError("corrupt", str(exc)) from None
-    except (OSError, SyntaxError, ValueError, TypeError, IndexError, KeyError, struct.error, EOFError, zlib.error) as exc:
-        raise DecodeError("corrupt", f"{type(exc).__name__}: {exc}") from None
-    except MemoryError:
-        raise DecodeError("corrupt", "the image needs more memory than it should") from None
-    if max(small.size) > HASH_SIDE:
-        small.thumbnail((HASH_SIDE, HASH_SIDE), Image.Resampling.BILINEAR, reducing_gap=2.0)
-    return Decoded(fmt, width, height, small, exif, orientation_applied)
-
-
-def _to_rgb(im: Image.Image) -> Image.Image:
-    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(im, dtype=np.float64)
-        top = arr.max() if arr.size else 0
-        scale = 255.0 / top if top > 255 else 1.0
-        im = Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8), "L")
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-        im = im.convert("RGBA")
-        background = Image.new("RGBA", im.size, (255, 255, 255, 255))
-        im = Image.alpha_composite(background, im)
-    return im.convert("RGB")
-
-
-def _raw_exif(blob) -> bytes | None:
-    if not isinstance(blob, (bytes, bytearray)) or not blob:
-        return None
-    blob = bytes(blob)
-    if blob.startswith(b"Exif\x00\x00"):
-        blob = blob[6:]
-    return blob if blob[:4] in (b"II*\x00", b"MM\x00*") else None
+        if processes <= 0:
+            res = decoding.decode_small(path, fmt, max_pixels, small_side, memory_mb, prechecks)
+            width, height, small, exif = res.width, res.height, res.small, res.exif
+        else:
+            pool = decoding.pool(processes, memory_mb, cpu_seconds)
+            reply, tail = pool.decode(path, fmt, max_pixels, small_side, prechecks)
+            if not reply.get("ok"):
+                raise decoding.Refused(reply.get("code") or "corrupt", str(reply.get("detail", "")), reply.get("pixels"), reply.get("limit"))
+            width, height = int(reply["width"]), int(reply["height"])
+            sw, sh = (int(v) for v in reply["size"])
+            n = int(reply["pixels_len"])
+            if n != sw * sh * 3 or max(sw, sh) > decoding.HASH_SIDE or min(sw, sh) < 1:
+                raise decoding.Refused("corrupt", "the decoder process sent a malformed image")
+            small = Image.frombytes("RGB", (sw, sh), tail[:n])
+            exif = tail[n:] or None
+    except decoding.Refused as exc:
+        code = exc.code if exc.code in ("corrupt", "too_many_pixels", "too_complex") else "corrupt"
+        raise DecodeError(code, exc.detail, exc.pixels, exc.limit) from None
+    return Decoded(fmt, width, height, small, exif, fmt == "HEIF")
 
 
 @dataclass
@@ -205,7 +189,7 @@ def fingerprint(small_oriented: Image.Image) -> Fingerprint:
         variants=variants,
         brightness=float(g.mean()),
         contrast=float(g.std()),
-        sharpness=float(lap.var()),
+        sharpness=float(lap.var()) if lap.size else 0.0,  # a 1- or 2-pixel-wide image has no interior
     )
 
 

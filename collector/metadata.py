@@ -46,7 +46,11 @@ def read_metadata(exif: bytes | None) -> Metadata:
         return Metadata()
     if len(exif) > MAX_EXIF_BYTES:
         return Metadata(damaged="the EXIF block is larger than any camera writes")
-    damage = exif_damage(exif)
+    try:
+        damage = exif_damage(exif)
+    except Exception:  # a gap in exif_damage must still give a verdict, never a 500
+        logging.getLogger(__name__).exception("exif_damage failed on a %d-byte block", len(exif))
+        damage = "the EXIF block cannot be parsed"
     if damage:
         return Metadata(damaged=damage)
     meta = _with_deadline(_from_exifread, exif)
@@ -215,6 +219,8 @@ def exif_damage(blob: bytes) -> str | None:
     else:
         return "the EXIF block has no TIFF header"
     size = len(blob)
+    if size < 8:  # "II*\0" and no room for the first directory's offset
+        return "the EXIF block is shorter than its TIFF header"
     seen: set[int] = set()
     todo = [(struct.unpack(order + "I", blob[4:8])[0], "IFD0")]
     while todo:

@@ -61,6 +61,9 @@ class User(Base):
     pass_code: Mapped[str | None] = mapped_column(String(12), unique=True, index=True)
     checked_in_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, index=True)
     checked_in_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    # Part of every session and remember cookie (get_id); raised by log-out and password change,
+    # which ends every earlier session of the account at once.
+    session_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     photos: Mapped[list[Photo]] = relationship(back_populates="user", order_by="Photo.id.desc()")
 
@@ -78,7 +81,7 @@ class User(Base):
         return False
 
     def get_id(self) -> str:
-        return str(self.id)
+        return f"{self.id}:{self.session_version}"
 
 
 class ApiToken(Base):
@@ -208,19 +211,20 @@ class UploadRejection(Base):
     size_bytes: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
-    __table_args__ = (Index("ix_upload_rejections_user_created", "user_id", "created_at"),)
+    # by sha256: a file refused for its bytes alone (a bomb, a corrupt file) is answered again
+    # from this table without being decoded again (intake.decide)
+    __table_args__ = (Index("ix_upload_rejections_user_created", "user_id", "created_at"),
+                      Index("ix_upload_rejections_sha256", "sha256"))
 
 
-class LoginFailure(Base):
-    """Failed log-ins, kept in the database so the rate limit holds across workers."""
+class RateCounter(Base):
+    """One fixed-window counter per limit key (see limits.py), shared by every worker and machine."""
 
-    __tablename__ = "login_failures"
+    __tablename__ = "rate_counters"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    key: Mapped[str] = mapped_column(String(300))
-    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
-
-    __table_args__ = (Index("ix_login_failures_key_created", "key", "created_at"),)
+    key: Mapped[str] = mapped_column(String(300), primary_key=True)
+    window_start: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    count: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class PlateRead(Base):

@@ -12,10 +12,10 @@ from .credits import progress_of
 from .imaging import MIME_TYPES
 from .models import Photo, UploadRejection
 from .review import REASONS
+from .security import MAX_FORM_FILES
 
 bp = Blueprint("pages", __name__)
 
-MAX_FORM_FILES = 30
 
 
 @bp.route("/")
@@ -82,12 +82,13 @@ def _visible_photo(photo_id: int) -> Photo:
     return photo
 
 
-def _stream(key: str, mimetype: str):
+def _stream(key: str, mimetype: str, download_name: str):
     try:
         fh = services().storage.open(key)
     except FileNotFoundError:
         abort(404)
-    response = send_file(fh, mimetype=mimetype, max_age=3600)
+    # The type is the one our decoder found; nosniff (on every response) keeps browsers to it.
+    response = send_file(fh, mimetype=mimetype, max_age=3600, download_name=download_name)
     response.headers["Cache-Control"] = "private, max-age=3600"
     return response
 
@@ -95,20 +96,12 @@ def _stream(key: str, mimetype: str):
 @bp.route("/photos/<int:photo_id>/thumb")
 @login_required
 def thumb(photo_id: int):
-    return _stream(_visible_photo(photo_id).thumb_key, "image/jpeg")
+    return _stream(_visible_photo(photo_id).thumb_key, "image/jpeg", f"plate-{photo_id}-thumb.jpg")
 
 
 @bp.route("/photos/<int:photo_id>/file")
 @login_required
 def original(photo_id: int):
     photo = _visible_photo(photo_id)
-    return _stream(photo.storage_key, MIME_TYPES[photo.format])
-
-
-def set_request_limit() -> None:
-    """Let the plain upload form carry many files; every other request carries at most one.
-
-    Registered by ``create_app`` ahead of CSRF protection, which is the first to read a form.
-    """
-    if request.endpoint == "pages.upload" and request.method == "POST":
-        request.max_content_length = services().settings["MAX_UPLOAD_MB"] * 1024 * 1024 * MAX_FORM_FILES
+    ext = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "HEIF": "heic"}.get(photo.format, "bin")
+    return _stream(photo.storage_key, MIME_TYPES[photo.format], f"plate-{photo_id}.{ext}")

@@ -84,10 +84,17 @@ def contributors(session, quota: int, cq: ContributorQuery) -> tuple[list[User],
     return users, total
 
 
-def _safe_cell(value) -> str:
-    """Neutralise cells a spreadsheet would run as a formula."""
-    text = "" if value is None else str(value)
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+def safe_cell(value):
+    """Neutralise text a spreadsheet would run as a formula (OWASP's CSV injection advice).
+
+    Numbers stay numbers (a negative longitude is no formula); None becomes an empty cell.
+    The dashboard's CSV and the dataset export's manifest.csv both write through this.
+    """
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        return value
+    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
 
 
 def contributors_csv(session, quota: int, cq: ContributorQuery) -> str:
@@ -99,7 +106,7 @@ def contributors_csv(session, quota: int, cq: ContributorQuery) -> str:
     )
     for name, email, accepted, last, checked, created in session.execute(columns):
         writer.writerow([
-            _safe_cell(name), _safe_cell(email), accepted, "yes" if accepted >= quota else "no",
+            safe_cell(name), safe_cell(email), accepted, "yes" if accepted >= quota else "no",
             last.isoformat(timespec="seconds") if last else "",
             checked.isoformat(timespec="seconds") if checked else "",
             created.isoformat(timespec="seconds"),

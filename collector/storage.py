@@ -39,12 +39,16 @@ def thumb_key(sha256: str) -> str:
 
 
 class Storage(Protocol):
-    def put_file(self, key: str, path: Path, sha256_hex: str) -> None: ...
-    def put_bytes(self, key: str, data: bytes) -> None: ...
+    # Both return True when this call created the object, False when it was already there
+    # (keys are content-addressed: the same key always holds the same bytes).
+    def put_file(self, key: str, path: Path, sha256_hex: str) -> bool: ...
+    def put_bytes(self, key: str, data: bytes) -> bool: ...
     def open(self, key: str) -> BinaryIO: ...
     def exists(self, key: str) -> bool: ...
     def delete(self, key: str) -> None: ...
     def list(self, prefix: str = "") -> Iterator[StoredObject]: ...
+    # Half-written objects a killed writer left behind (never referenced by a row).
+    def temporaries(self) -> Iterator[StoredObject]: ...
 
 
 class LocalStorage:
@@ -62,17 +66,18 @@ class LocalStorage:
             raise ValueError(f"bad storage key {key!r}")
         return self.root / key
 
-    def put_file(self, key: str, path: Path, sha256_hex: str) -> None:
+    def put_file(self, key: str, path: Path, sha256_hex: str) -> bool:
         with open(path, "rb") as fh:
-            self._write(key, fh)
+            return self._write(key, fh)
 
-    def put_bytes(self, key: str, data: bytes) -> None:
-        self._write(key, io.BytesIO(data))
+    def put_bytes(self, key: str, data: bytes) -> bool:
+        return self._write(key, io.BytesIO(data))
 
-    def _write(self, key: str, src: BinaryIO) -> None:
+    def _write(self, key: str, src: BinaryIO) -> bool:
         final = self._path(key)
         if final.exists():
-            return
+            return False
+        created = False
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=".tmp-")
@@ -84,6 +89,7 @@ class LocalStorage:
                     os.fsync(out.fileno())
                 try:
                     os.link(tmp, final)  # atomic, and never replaces an existing object
+                    created = True
                 except FileExistsError:
                     pass
             finally:
@@ -95,6 +101,7 @@ class LocalStorage:
                 os.close(dir_fd)
         except OSError as exc:
             raise StorageUnavailable(f"cannot write {key}: {exc.strerror or exc}") from exc
+        return created
 
     def open(self, key: str) -> BinaryIO:
         return open(self._path(key), "rb")
@@ -106,14 +113,24 @@ class LocalStorage:
         self._path(key).unlink()
 
     def list(self, prefix: str = "") -> Iterator[StoredObject]:
+        yield from self._walk(prefix, temporary=False)
+
+    def temporaries(self) -> Iterator[StoredObject]:
+        """``.tmp-*`` files: writes that a killed process never linked into place."""
+        yield from self._walk("", temporary=True)
+
+    def _walk(self, prefix: str, temporary: bool) -> Iterator[StoredObject]:
         for dirpath, _dirs, files in os.walk(self.root):
             for name in files:
-                if name.startswith(".tmp-"):
+                if name.startswith(".tmp-") != temporary:
                     continue
                 full = Path(dirpath) / name
                 key = full.relative_to(self.root).as_posix()
                 if key.startswith(prefix):
-                    st = full.stat()
+                    try:
+                        st = full.stat()
+                    except FileNotFoundError:  # a write finished or was taken back meanwhile
+                        continue
                     yield StoredObject(key, st.st_size, dt.datetime.fromtimestamp(st.st_mtime, dt.UTC))
 
 
@@ -144,18 +161,18 @@ class S3Storage:
 
         return BotoCoreError, ClientError
 
-    def put_file(self, key: str, path: Path, sha256_hex: str) -> None:
+    def put_file(self, key: str, path: Path, sha256_hex: str) -> bool:
         with open(path, "rb") as fh:
-            self._put(key, fh, sha256_hex)
+            return self._put(key, fh, sha256_hex)
 
-    def put_bytes(self, key: str, data: bytes) -> None:
-        self._put(key, io.BytesIO(data), hashlib.sha256(data).hexdigest())
+    def put_bytes(self, key: str, data: bytes) -> bool:
+        return self._put(key, io.BytesIO(data), hashlib.sha256(data).hexdigest())
 
-    def _put(self, key: str, body: BinaryIO, sha256_hex: str) -> None:
+    def _put(self, key: str, body: BinaryIO, sha256_hex: str) -> bool:
         from botocore.exceptions import ClientError
 
         if self.exists(key):
-            return
+            return False
         try:
             self.client.put_object(
                 Bucket=self.bucket,
@@ -168,10 +185,11 @@ class S3Storage:
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
             if code in {"PreconditionFailed", "ConditionalRequestConflict"}:
-                return
+                return False
             raise StorageUnavailable(f"object store refused {key}: {code or exc}") from exc
         except self._errors() as exc:
             raise StorageUnavailable(f"object store unreachable: {exc}") from exc
+        return True
 
     def open(self, key: str) -> BinaryIO:
         from botocore.exceptions import ClientError
@@ -202,6 +220,10 @@ class S3Storage:
         if not self.exists(key):
             raise FileNotFoundError(key)
         self.client.delete_object(Bucket=self.bucket, Key=self.prefix + key)
+
+    def temporaries(self) -> Iterator[StoredObject]:
+        """None: a PUT is atomic in S3, so a killed writer leaves nothing half-written."""
+        return iter(())
 
     def list(self, prefix: str = "") -> Iterator[StoredObject]:
         paginator = self.client.get_paginator("list_objects_v2")

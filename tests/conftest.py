@@ -20,7 +20,11 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 CORPUS = SHARED / "corpus"
 PLATES = CORPUS / "plates" / "openalpr" / "endtoend"
-DEFAULT_PG = "postgresql+psycopg://root@127.0.0.1:5432/test"
+# The server and credentials for --db=postgresql; its database is only used for CREATE and DROP
+# DATABASE (the maintenance database `postgres` by default): each run works in a database of
+# its own, collector_test_<pid>_<random>, dropped at the end.
+DEFAULT_PG = "postgresql+psycopg://root@127.0.0.1:5432/postgres"
+CORPUS_SKIP = "needs ../shared/corpus"
 
 
 def pytest_addoption(parser):
@@ -29,15 +33,45 @@ def pytest_addoption(parser):
 
 
 def pytest_report_header(config):
-    return f"database: {config.getoption('--db')}; corpus: {CORPUS if CORPUS.is_dir() else 'absent (corpus tests skip)'}"
+    return f"database: {config.getoption('--db')}; corpus: {CORPUS if CORPUS.is_dir() else 'absent (tests/test_corpus.py skips)'}"
 
 
 def corpus(*parts: str) -> Path:
-    """A file of ../shared/corpus; the test skips, saying so, where the corpus is absent."""
+    """A file of ../shared/corpus; the test skips, saying so, where the corpus is absent, and
+    fails instead under COLLECTOR_REQUIRE_CORPUS (CI sets it when ../shared exists)."""
     path = CORPUS.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"needs ../shared/corpus ({path} is absent)")
+        if os.environ.get("COLLECTOR_REQUIRE_CORPUS"):
+            pytest.fail(f"COLLECTOR_REQUIRE_CORPUS is set but {path} is absent")
+        pytest.skip(f"{CORPUS_SKIP} ({path} is absent)")
     return path
+
+
+def _skip_reason(report) -> str:
+    longrepr = report.longrepr
+    return longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+
+
+def _unexpected_skips(config) -> list:
+    """Under COLLECTOR_STRICT_SKIPS (CI), every skip is a failure, except the real-corpus tests
+    on a machine without ../shared at all."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if not os.environ.get("COLLECTOR_STRICT_SKIPS") or reporter is None:
+        return []
+    return [r for r in reporter.stats.get("skipped", []) if SHARED.exists() or CORPUS_SKIP not in _skip_reason(r)]
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if exitstatus == 0 and _unexpected_skips(session.config):
+        session.exitstatus = 1
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    unexpected = _unexpected_skips(config)
+    if unexpected:
+        terminalreporter.section("skips that fail the run (COLLECTOR_STRICT_SKIPS)", red=True)
+        for r in unexpected:
+            terminalreporter.line(f"{r.nodeid}: {_skip_reason(r)}")
 
 
 def plate(rel: str) -> Path:
@@ -66,7 +100,7 @@ def pg_database(pg_admin_url):
     if pg_admin_url is None:
         yield None
         return
-    name = f"collector_test_{uuid.uuid4().hex[:10]}"
+    name = f"collector_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     admin = create_engine(pg_admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
@@ -236,12 +270,16 @@ class Auth:
     def __init__(self, client):
         self.client = client
 
-    def register(self, email="ann@example.com", name="Ann", password="correct horse battery", consent=True):
+    def register(self, email="ann@example.com", name="Ann", password="correct horse battery", consent=True, login=True):
+        """Register; then, as a person would after the answer (which never logs in), log in."""
         token = csrf_from(self.client.get("/register").get_data(as_text=True))
         data = {"csrf_token": token, "name": name, "email": email, "password": password}
         if consent:
             data["consent"] = "y"
-        return self.client.post("/register", data=data)
+        r = self.client.post("/register", data=data)
+        if login and r.status_code == 302:
+            self.login(email, password)
+        return r
 
     def login(self, email="ann@example.com", password="correct horse battery"):
         token = csrf_from(self.client.get("/login").get_data(as_text=True))

@@ -1,4 +1,5 @@
-"""Real-photo transformations for the tests: each returns new encoded bytes."""
+"""Photo transformations for the tests: each takes a file or its bytes (a generated photo from
+tests/photos.py, or a corpus file) and returns new encoded bytes."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from pathlib import Path
 from PIL import Image, ImageEnhance
 
 
-def load(path: Path) -> Image.Image:
+def load(path: Path | bytes) -> Image.Image:
+    if isinstance(path, (bytes, bytearray)):
+        return load_bytes(path)
     im = Image.open(path)
     im.load()
     return im.convert("RGB")
@@ -28,34 +31,34 @@ def encode(im: Image.Image, fmt: str = "JPEG", exif: Image.Exif | None = None, *
     return out.getvalue()
 
 
-def reencode(path: Path, quality: int = 70) -> bytes:
+def reencode(path: Path | bytes, quality: int = 70) -> bytes:
     return encode(load(path), quality=quality)
 
 
-def resized(path: Path, factor: float) -> bytes:
+def resized(path: Path | bytes, factor: float) -> bytes:
     im = load(path)
     return encode(im.resize((round(im.width * factor), round(im.height * factor)), Image.Resampling.LANCZOS), quality=88)
 
 
-def recoloured(path: Path) -> bytes:
+def recoloured(path: Path | bytes) -> bytes:
     im = ImageEnhance.Brightness(load(path)).enhance(1.25)
     im = ImageEnhance.Contrast(im).enhance(0.85)
     return encode(ImageEnhance.Color(im).enhance(0.6), quality=90)
 
 
-def greyscale(path: Path) -> bytes:
+def greyscale(path: Path | bytes) -> bytes:
     return encode(load(path).convert("L").convert("RGB"), quality=90)
 
 
-def as_png(path: Path) -> bytes:
+def as_png(path: Path | bytes) -> bytes:
     return encode(load(path), "PNG")
 
 
-def as_webp(path: Path) -> bytes:
+def as_webp(path: Path | bytes) -> bytes:
     return encode(load(path), "WEBP", quality=80)
 
 
-def exif_rotated(path: Path, orientation: int = 6) -> bytes:
+def exif_rotated(path: Path | bytes, orientation: int = 6) -> bytes:
     """Pixels turned, and the tag that turns them back: it displays exactly as the original."""
     inverse = {6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270, 3: Image.Transpose.ROTATE_180}[orientation]
     exif = Image.Exif()
@@ -63,14 +66,14 @@ def exif_rotated(path: Path, orientation: int = 6) -> bytes:
     return encode(load(path).transpose(inverse), exif=exif, quality=92)
 
 
-def tag_changed(path: Path, orientation: int = 6) -> bytes:
+def tag_changed(path: Path | bytes, orientation: int = 6) -> bytes:
     """Same pixels, only the orientation tag changed: the picture displays turned."""
     exif = Image.Exif()
     exif[0x0112] = orientation
     return encode(load(path), exif=exif, quality=92)
 
 
-def cropped(path: Path, fraction: float) -> bytes:
+def cropped(path: Path | bytes, fraction: float) -> bytes:
     im = load(path)
     dx, dy = round(im.width * fraction), round(im.height * fraction)
     return encode(im.crop((dx, dy, im.width - dx, im.height - dy)), quality=90)

@@ -5,7 +5,7 @@ import sys
 
 from sqlalchemy import create_engine, text
 
-url = os.environ.get("COLLECTOR_TEST_POSTGRES_URL", "postgresql+psycopg://root@127.0.0.1:5432/test")
+url = os.environ.get("COLLECTOR_TEST_POSTGRES_URL", "postgresql+psycopg://root@127.0.0.1:5432/postgres")
 try:
     engine = create_engine(url, connect_args={"connect_timeout": 3})
     with engine.connect() as conn:

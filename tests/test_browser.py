@@ -11,7 +11,7 @@ import threading
 import pytest
 from werkzeug.serving import make_server
 
-from .conftest import plate
+from . import photos
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.browser
@@ -55,36 +55,47 @@ def register(page, base):
     page.fill("#password", "a long enough password")
     page.check("#consent")
     page.click("button[type=submit]")
+    page.wait_for_url(re.compile(r"/login$"))  # the same answer for a new or a known email: then log in
+    page.fill("#email", "asha@example.com")
+    page.fill("#password", "a long enough password")
+    page.click("main button[type=submit]")
     page.wait_for_url(re.compile(r"/upload$"))
 
 
 def test_register_then_upload_many_files_with_per_file_verdicts(svc, live_server, page, tmp_path):
+    from playwright.sync_api import expect
+
+    violations = []
+    page.on("console", lambda msg: violations.append(msg.text) if "Content Security Policy" in msg.text else None)
     svc.settings["QUOTA"] = 3
     register(page, live_server)
     assert page.text_content("#progress-count") == "0"
     bad = tmp_path / "notes.txt"
     bad.write_text("not a photo")
-    files = [plate("us/us7.jpg"), plate("br/JST2699.jpg"), plate("eu/eu7.jpg"), bad, plate("eu/test_018.jpg")]
+    pics = tmp_path / "pictures"
+    files = [photos.write(pics, "canon"), photos.write(pics, "iphone"), photos.write(pics, "large"), bad, photos.write(pics, "small")]
     page.set_input_files("#photo-input", [str(f) for f in files])
-    page.wait_for_function("document.querySelectorAll('#queue .item:not(.verdict-pending)').length === 5", timeout=30000)
+    # locator waits, not wait_for_function: the page's CSP (no eval) holds for the test's scripts too
+    expect(page.locator("#queue .item:not(.verdict-pending)")).to_have_count(5, timeout=30000)
     items = {page.locator("#queue .item").nth(i).locator(".name").text_content(): page.locator("#queue .item").nth(i)
              for i in range(5)}
-    assert "verdict-accepted" in items["us7.jpg"].get_attribute("class")
+    assert "verdict-accepted" in items["canon.jpg"].get_attribute("class")
     assert "verdict-rejected" in items["notes.txt"].get_attribute("class")
     assert "not an image" in items["notes.txt"].text_content()
-    assert "at least 480 pixels" in items["test_018.jpg"].text_content()
+    assert "at least 480 pixels" in items["small.jpg"].text_content()
     assert page.text_content("#progress-count") == "3"
     assert "Fee paid" in page.text_content("#progress-text")
     page.screenshot(path=str(tmp_path / "upload.png"), full_page=True)
 
     # the same photo again: a retry, not an error
-    page.set_input_files("#photo-input", [str(plate("us/us7.jpg"))])
-    page.wait_for_function("document.querySelector('#queue .item').className.includes('verdict-already_uploaded')")
+    page.set_input_files("#photo-input", [str(files[0])])
+    expect(page.locator("#queue .item").first).to_have_class(re.compile("verdict-already_uploaded"))
 
     page.goto(live_server + "/photos")
     assert page.locator(".tile").count() == 3
     assert page.locator(".tile img").first.evaluate("img => img.complete && img.naturalWidth > 0")
     assert "not_an_image" in page.text_content(".rejections")
+    assert not violations, violations
 
 
 def test_upload_page_works_without_javascript(svc, live_server, tmp_path):
@@ -96,7 +107,8 @@ def test_upload_page_works_without_javascript(svc, live_server, tmp_path):
         context = browser.new_context(java_script_enabled=False)
         page = context.new_page()
         register(page, live_server)
-        page.set_input_files("#photo-input", [str(plate("us/us7.jpg")), str(plate("eu/eu7.jpg"))])
+        pics = tmp_path / "pictures"
+        page.set_input_files("#photo-input", [str(photos.write(pics, "canon")), str(photos.write(pics, "large"))])
         page.click("#upload-submit")
         page.wait_for_load_state()
         assert page.locator(".verdict-accepted").count() == 2

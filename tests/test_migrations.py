@@ -11,7 +11,7 @@ from sqlalchemy import text
 from collector import create_app
 from collector.db import MIGRATIONS, Database
 
-from .conftest import plate
+from . import photos
 
 
 def test_upgrade_from_the_first_revision_keeps_every_row(settings, database_url):
@@ -46,7 +46,7 @@ def test_upgrade_from_the_first_revision_keeps_every_row(settings, database_url)
             assert conn.execute(text("SELECT count(*) FROM photo_hash_bands")).scalar() == 1
             assert conn.execute(text("SELECT user_id, pdq FROM photo_hashes")).one() == (1, "0" * 64)
         # and the upgraded database works
-        v = svc.intake.submit(1, io.BytesIO(plate("us/us7.jpg").read_bytes()), "new.jpg")
+        v = svc.intake.submit(1, io.BytesIO(photos.named("canon")), "new.jpg")
         assert v.accepted and v.progress.accepted == 2, v.message
     finally:
         app.extensions["collector"].db.dispose()

@@ -11,9 +11,10 @@ import pytest
 
 from collector import accounts, credits
 
-from .conftest import Auth, plate
+from . import images, photos
+from .conftest import Auth
 
-PHOTOS = ["us/us7.jpg", "eu/eu7.jpg", "br/JST2699.jpg"]
+PHOTOS = ["canon", "large", "iphone"]  # tests/photos.py CAMERAS, all with a capture date
 
 
 @pytest.fixture
@@ -23,11 +24,12 @@ def world(app, svc, make_user):
     org = make_user("org@example.com", "Olga", organiser=True)
     ann = make_user("ann@example.com", "Ann")
     bob = make_user("bob@example.com", "=HYPERLINK(\"http://x\")")
-    photos = [svc.intake.submit(ann.id, io.BytesIO(plate(r).read_bytes()), r.split("/")[-1]) for r in PHOTOS]
-    bob_photo = svc.intake.submit(bob.id, io.BytesIO(plate("us/car9-2.jpg").read_bytes()), "bob.jpg")
+    verdicts = [svc.intake.submit(ann.id, io.BytesIO(photos.named(n)), photos.filename(n)) for n in PHOTOS]
+    bob_photo = svc.intake.submit(bob.id, io.BytesIO(photos.named("motorola")), "bob.jpg")
     svc.intake.submit(bob.id, io.BytesIO(b"not a photo"), "notes.txt")
-    assert all(p.accepted for p in photos) and bob_photo.accepted
-    return {"org": org, "ann": ann, "bob": bob, "photo": photos[0].photo_id, "bob_photo": bob_photo.photo_id}
+    assert all(p.accepted for p in verdicts) and bob_photo.accepted
+    return {"org": org, "ann": ann, "bob": bob, "photo": verdicts[0].photo_id, "bob_photo": bob_photo.photo_id,
+            "photos": [v.photo_id for v in verdicts]}
 
 
 def client_as(app, who):
@@ -123,7 +125,7 @@ def test_review_rejection_moves_credit_and_pass_then_restore(app, svc, world):
     assert stats["paid"] == 0 and stats["photos_accepted"] == 3 and stats["rejected_in_review"] == {"not_a_plate": 1}
 
     # its bytes stay blocked: neither the owner nor anyone else earns credit with them again
-    data = plate(PHOTOS[0]).read_bytes()
+    data = photos.named(PHOTOS[0])
     assert svc.intake.submit(world["ann"].id, io.BytesIO(data), "again.jpg").code == "duplicate"
     assert svc.intake.submit(world["bob"].id, io.BytesIO(data), "again.jpg").code == "duplicate"
 
@@ -189,13 +191,30 @@ def test_contributors_table_search_filter_sort_and_csv(app, world):
     assert "notes.txt" in detail and "not_an_image" in detail and "NOT VALID" in detail
 
 
-def test_review_filters(app, world):
+def shown(html: str) -> set[int]:
+    """The photo ids on a review page."""
+    return {int(n) for n in re.findall(r'<li class="tile[^"]*" id="photo-(\d+)"', html)}
+
+
+def test_review_filters(app, svc, world):
+    from PIL import ImageEnhance
+
+    undated = svc.intake.submit(world["bob"].id, io.BytesIO(photos.named("plain")), "undated.jpg")  # no EXIF
+    dim = images.encode(ImageEnhance.Brightness(photos.scene(30)).enhance(0.2), quality=90)  # dark, flat: borderline
+    dim = svc.intake.submit(world["bob"].id, io.BytesIO(dim), "dim.jpg")
+    assert undated.accepted and dim.accepted, (undated.message, dim.message)
+    everyone = set(world["photos"]) | {world["bob_photo"], undated.photo_id, dim.photo_id}
+
     org = client_as(app, world["org"])
+    html = org.get("/dashboard/review").get_data(as_text=True)
+    assert shown(html) == everyone and "6 photos, newest first" in html
     html = org.get("/dashboard/review?filter=no_date").get_data(as_text=True)
-    assert f'id="photo-{world["photo"]}"' not in html  # us7 has a capture date
-    assert "1 photo" in html or "photos" in html
-    assert org.get("/dashboard/review?filter=burst").status_code == 200
-    assert org.get("/dashboard/review?filter=borderline_quality&page=2").status_code == 200
+    assert shown(html) == {undated.photo_id, dim.photo_id} and "2 photos, newest first" in html
+    html = org.get("/dashboard/review?filter=borderline_quality").get_data(as_text=True)
+    assert shown(html) == {dim.photo_id} and "1 photo, newest first" in html
+    html = org.get("/dashboard/review?filter=borderline_quality&page=2").get_data(as_text=True)
+    assert shown(html) == set() and "1 photo, newest first" in html
+    assert shown(org.get("/dashboard/review?filter=burst").get_data(as_text=True)) == set()
 
 
 def test_burst_flag_and_hourly_chart_counts(app, svc, world):
@@ -203,16 +222,14 @@ def test_burst_flag_and_hourly_chart_counts(app, svc, world):
 
     from collector import reports
 
-    from . import images
-
-    def shot(rel, when):
+    def shot(seed, when):
         exif = Image.Exif()
         exif.get_ifd(0x8769)[0x9003] = when
-        return images.encode(images.load(plate(rel)), exif=exif, quality=90)
+        return images.encode(photos.scene(seed), exif=exif, quality=90)
 
-    a = svc.intake.submit(world["bob"].id, io.BytesIO(shot("eu/eu1.jpg", "2026:11:20 10:00:00")), "a.jpg")
-    b = svc.intake.submit(world["bob"].id, io.BytesIO(shot("us/us8.jpg", "2026:11:20 10:00:01")), "b.jpg")
-    c = svc.intake.submit(world["bob"].id, io.BytesIO(shot("us/us10.jpg", "2026:11:20 10:05:00")), "c.jpg")
+    a = svc.intake.submit(world["bob"].id, io.BytesIO(shot(31, "2026:11:20 10:00:00")), "a.jpg")
+    b = svc.intake.submit(world["bob"].id, io.BytesIO(shot(32, "2026:11:20 10:00:01")), "b.jpg")
+    c = svc.intake.submit(world["bob"].id, io.BytesIO(shot(33, "2026:11:20 10:05:00")), "c.jpg")
     assert a.accepted and b.accepted and c.accepted
     html = client_as(app, world["org"]).get("/dashboard/review?filter=burst").get_data(as_text=True)
     assert f'id="photo-{a.photo_id}"' in html and f'id="photo-{b.photo_id}"' in html and f'id="photo-{c.photo_id}"' not in html

@@ -14,60 +14,51 @@ import pytest
 import requests
 from sqlalchemy import func, select
 
-from collector import accounts, create_app
+from collector import accounts
 from collector.models import Photo, User
+from collector.storage import photo_key, thumb_key
 
-from . import images
-from .conftest import ROOT, free_port, multipart, plate, wait_for_port
+from . import images, photos
+from .conftest import ROOT, free_port, multipart, wait_for_port
 from .synthetic import plate_photo
 
 
-def test_s3_backend_end_to_end(s3_settings, s3_env):
+def test_s3_backend_end_to_end(s3_settings, s3_env, request):
     import boto3
 
-    app = create_app(s3_settings)
-    try:
-        svc = app.extensions["collector"]
-        user = accounts.create_user(svc.db, "ann@example.com", "Ann", "correct horse battery", "CC BY 4.0")
-        token = accounts.create_token(svc.db, user.id).token
-        client = app.test_client()
-        data = plate("br/JST2699.jpg").read_bytes()
-        r = client.post("/api/v1/photos", **multipart(data, "a.jpg"), headers={"Authorization": f"Bearer {token}"})
-        assert r.status_code == 201, r.json
-        sha = r.json["photo"]["sha256"]
-        keys = {o["Key"] for o in boto3.client("s3", endpoint_url=s3_env["endpoint"]).list_objects_v2(Bucket=s3_env["bucket"])["Contents"]}
-        assert keys == {f"plates/originals/{sha[:2]}/{sha[2:4]}/{sha}.jpg", f"plates/thumbs/{sha[:2]}/{sha[2:4]}/{sha}.jpg"}
-        with svc.storage.open(f"originals/{sha[:2]}/{sha[2:4]}/{sha}.jpg") as fh:
-            assert fh.read() == data
-    finally:
-        app.extensions["collector"].db.dispose()
+    svc, client = request.getfixturevalue("svc"), request.getfixturevalue("client")  # on s3_settings
+    token = accounts.create_token(svc.db, request.getfixturevalue("make_user")().id).token
+    data = photos.named("iphone")
+    r = client.post("/api/v1/photos", **multipart(data, "a.jpg"), headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 201, r.json
+    sha = r.json["photo"]["sha256"]
+    keys = {o["Key"] for o in boto3.client("s3", endpoint_url=s3_env["endpoint"]).list_objects_v2(Bucket=s3_env["bucket"])["Contents"]}
+    assert keys == {f"plates/{photo_key(sha, 'jpg')}", f"plates/{thumb_key(sha)}"}
+    with svc.storage.open(photo_key(sha, "jpg")) as fh:
+        assert fh.read() == data
 
 
-def test_unreachable_store_refuses_upload_with_retry_later(settings, monkeypatch):
+def test_unreachable_store_refuses_upload_with_retry_later(settings, monkeypatch, request):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     settings["STORAGE_URL"] = "s3://bucket/p"
     settings["S3_ENDPOINT_URL"] = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    app = create_app(settings)
-    try:
-        svc = app.extensions["collector"]
-        user = accounts.create_user(svc.db, "ann@example.com", "Ann", "correct horse battery", "CC BY 4.0")
-        token = accounts.create_token(svc.db, user.id).token
-        r = app.test_client().post("/api/v1/photos", **multipart(plate("us/us7.jpg").read_bytes()),
-                                   headers={"Authorization": f"Bearer {token}"})
-        assert r.status_code == 503 and r.json["code"] == "storage_unavailable" and r.headers["Retry-After"]
-        assert "try again" in r.json["message"]
-        with svc.db.Session() as s:
-            assert s.scalar(select(func.count()).select_from(Photo)) == 0
-            assert s.get(User, user.id).accepted_count == 0
-    finally:
-        app.extensions["collector"].db.dispose()
+    svc, client = request.getfixturevalue("svc"), request.getfixturevalue("client")  # on the settings above
+    user = request.getfixturevalue("make_user")()
+    token = accounts.create_token(svc.db, user.id).token
+    r = client.post("/api/v1/photos", **multipart(photos.named("canon")), headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 503 and r.json["code"] == "storage_unavailable" and r.headers["Retry-After"]
+    assert "try again" in r.json["message"]
+    with svc.db.Session() as s:
+        assert s.scalar(select(func.count()).select_from(Photo)) == 0
+        assert s.get(User, user.id).accepted_count == 0
 
 
 @pytest.fixture
-def workers(s3_settings, tmp_path):
-    """gunicorn with 4 worker processes on loopback, sharing the test's database and bucket."""
+def workers(s3_settings, tmp_path, request):
+    """gunicorn with 4 worker processes on loopback, sharing the test's database and bucket,
+    loaded the way a deployment loads it (`gunicorn app:app`, settings from the environment)."""
     port = free_port()
     env = dict(os.environ)
     env.update(
@@ -79,15 +70,13 @@ def workers(s3_settings, tmp_path):
     )
     log = open(tmp_path / "gunicorn.log", "wb")
     proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "gunicorn"), "--workers", "4", "--worker-class", "gthread", "--threads", "4",
-         "--bind", f"127.0.0.1:{port}", "--timeout", "120", "app:create_app()"],
+        [str(Path(sys.executable).parent / "gunicorn"), "--config", "gunicorn.conf.py", "--workers", "4", "--threads", "4",
+         "--bind", f"127.0.0.1:{port}", "app:app"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     try:
         wait_for_port(port, proc, timeout=60)
-        app = create_app(s3_settings)  # for setting up users and reading back the truth
-        yield f"http://127.0.0.1:{port}", app.extensions["collector"]
-        app.extensions["collector"].db.dispose()
+        yield f"http://127.0.0.1:{port}", request.getfixturevalue("svc")  # for users and reading back the truth
     finally:
         proc.terminate()
         proc.wait(30)
@@ -124,7 +113,7 @@ def post_all(base, jobs, parallel):
 def test_twelve_uploads_of_one_photo_by_three_people_across_four_workers(workers):
     base, svc = workers
     people = tokens_for(svc, 3)
-    data = plate("eu/eu7.jpg").read_bytes()
+    data = photos.named("large")
     answers = post_all(base, [(tok, data, "same.jpg") for _, tok in people for _ in range(4)], 12)
     statuses = [a["status"] for _, a in answers]
     assert statuses.count("accepted") == 1
@@ -142,8 +131,7 @@ def test_twelve_uploads_of_one_photo_by_three_people_across_four_workers(workers
 def test_eight_near_identical_reencodes_at_once_accept_at_most_one(workers):
     base, svc = workers
     people = tokens_for(svc, 8)
-    path = plate("eu/eu7.jpg")
-    variants = [images.reencode(path, q) for q in (55, 60, 65, 70, 75, 80, 85, 90)]
+    variants = [images.reencode(photos.named("large"), q) for q in (55, 60, 65, 70, 75, 80, 85, 90)]
     answers = post_all(base, [(tok, data, f"v{i}.jpg") for i, ((_, tok), data) in enumerate(zip(people, variants, strict=True))], 8)
     assert sum(1 for _, a in answers if a["status"] == "accepted") <= 1
     assert all(a["code"] in (None, "near_duplicate") for _, a in answers)

@@ -7,7 +7,7 @@ import io
 
 import pytest
 
-from collector.storage import LocalStorage, S3Storage, StorageUnavailable, open_storage, photo_key
+from collector.storage import LocalStorage, S3Storage, StorageUnavailable, open_storage, photo_key, thumb_key
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -104,35 +104,27 @@ def backend_settings(request, settings):
     return request.getfixturevalue("s3_settings") if request.param == "s3" else settings
 
 
-def test_storage_check_clean_then_reports_a_deleted_object(backend_settings, tmp_path):
+def test_storage_check_clean_then_reports_a_deleted_object(backend_settings, request):
     import json
 
-    from collector import accounts, create_app
+    svc, runner = request.getfixturevalue("svc"), request.getfixturevalue("runner")  # on backend_settings
+    from . import photos
 
-    from .conftest import plate
+    v = svc.intake.submit(request.getfixturevalue("make_user")().id, io.BytesIO(photos.named("canon")), "a.jpg")
+    r = runner.invoke(args=["storage-check", "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["missing"] == [] and json.loads(r.stdout)["orphans"] == []
 
-    app = create_app(backend_settings)
-    try:
-        svc = app.extensions["collector"]
-        runner = app.test_cli_runner()
-        user = accounts.create_user(svc.db, "ann@example.com", "Ann", "correct horse battery", "CC BY 4.0")
-        v = svc.intake.submit(user.id, io.BytesIO(plate("us/us7.jpg").read_bytes()), "a.jpg")
-        r = runner.invoke(args=["storage-check", "--json"])
-        assert r.exit_code == 0 and json.loads(r.stdout)["missing"] == [] and json.loads(r.stdout)["orphans"] == []
+    # an orphan, as a crash between store and commit would leave it
+    svc.storage.put_bytes("originals/ff/ff/orphan.jpg", b"left behind")
+    r = runner.invoke(args=["storage-check", "--fix"])  # too young to touch
+    assert r.exit_code == 0 and "orphan   originals/ff/ff/orphan.jpg" in r.stdout and "moved" not in r.stdout
+    r = runner.invoke(args=["storage-check", "--fix", "--grace-minutes", "0"])
+    assert "moved    originals/ff/ff/orphan.jpg" in r.stdout
+    assert not svc.storage.exists("originals/ff/ff/orphan.jpg") and svc.storage.exists("quarantine/originals/ff/ff/orphan.jpg")
 
-        # an orphan, as a crash between store and commit would leave it
-        svc.storage.put_bytes("originals/ff/ff/orphan.jpg", b"left behind")
-        r = runner.invoke(args=["storage-check", "--fix"])  # too young to touch
-        assert r.exit_code == 0 and "orphan   originals/ff/ff/orphan.jpg" in r.stdout and "moved" not in r.stdout
-        r = runner.invoke(args=["storage-check", "--fix", "--grace-minutes", "0"])
-        assert "moved    originals/ff/ff/orphan.jpg" in r.stdout
-        assert not svc.storage.exists("originals/ff/ff/orphan.jpg") and svc.storage.exists("quarantine/originals/ff/ff/orphan.jpg")
-
-        # an object deleted behind the app's back is an error
-        key = f"originals/{v.sha256[:2]}/{v.sha256[2:4]}/{v.sha256}.jpg"
-        svc.storage.delete(key)
-        r = runner.invoke(args=["storage-check", "--fix", "--grace-minutes", "0"])
-        assert r.exit_code == 1 and f"MISSING  photo {v.photo_id}: {key}" in r.stdout
-        assert svc.storage.exists(f"thumbs/{v.sha256[:2]}/{v.sha256[2:4]}/{v.sha256}.jpg")  # referenced: untouched
-    finally:
-        app.extensions["collector"].db.dispose()
+    # an object deleted behind the app's back is an error
+    key = photo_key(v.sha256, "jpg")
+    svc.storage.delete(key)
+    r = runner.invoke(args=["storage-check", "--fix", "--grace-minutes", "0"])
+    assert r.exit_code == 1 and f"MISSING  photo {v.photo_id}: {key}" in r.stdout
+    assert svc.storage.exists(thumb_key(v.sha256))  # referenced: untouched

@@ -8,10 +8,10 @@ from sqlalchemy import select
 from collector import accounts
 from collector.models import User
 
-from . import images
-from .conftest import csrf_from, multipart, plate
+from . import images, photos
+from .conftest import Auth, csrf_from, multipart
 
-US7 = "us/us7.jpg"
+US7 = photos.named("canon")  # 900x600, Canon EOS 5D
 
 
 def test_landing_page_explains_the_fee(client):
@@ -19,9 +19,9 @@ def test_landing_page_explains_the_fee(client):
     assert "25 photos" in html and "Register" in html
 
 
-def test_register_records_consent_and_logs_in(client, auth, svc):
+def test_register_records_consent_then_log_in(client, auth, svc):
     r = auth.register()
-    assert r.status_code == 302 and r.headers["Location"].endswith("/upload")
+    assert r.status_code == 302 and r.headers["Location"].endswith("/login")
     with svc.db.Session() as s:
         user = s.scalars(select(User)).one()
         assert user.licence == "CC BY 4.0" and user.consented_at is not None
@@ -36,8 +36,8 @@ def test_register_requires_consent_and_valid_fields(client, auth):
     assert r.status_code == 400
     auth.register()
     auth.client.post("/logout", data={"csrf_token": auth.csrf()})
-    r = auth.register()
-    assert r.status_code == 400 and "already exists" in r.get_data(as_text=True)
+    r = auth.register()  # the same answer as for a new email (see test_security)
+    assert r.status_code == 302 and r.headers["Location"].endswith("/login")
 
 
 def test_forms_refuse_a_post_without_csrf(client, make_user):
@@ -70,13 +70,12 @@ def test_session_cookie_flags(client, auth):
     assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
 
 
-def test_secure_cookie_setting(settings):
-    from collector import create_app
-
+def test_secure_cookie_setting(settings, request):
     settings["COOKIE_SECURE"] = True
-    app = create_app(settings)
-    app.extensions["collector"].db.dispose()
+    app = request.getfixturevalue("app")  # built from the settings above
     assert app.config["SESSION_COOKIE_SECURE"] and app.config["REMEMBER_COOKIE_SECURE"]
+    r = Auth(request.getfixturevalue("client")).register()
+    assert r.status_code == 302 and "Secure" in r.headers["Set-Cookie"]
 
 
 def test_login_rate_limit(client, auth, make_user, svc):
@@ -103,7 +102,7 @@ def token(svc, make_user):
 
 def test_api_upload_statuses(client, token, make_user, svc):
     h = {"Authorization": f"Bearer {token}"}
-    data = plate(US7).read_bytes()
+    data = US7
     r = client.post("/api/v1/photos", **multipart(data), headers=h)
     assert r.status_code == 201
     body = r.json
@@ -114,7 +113,7 @@ def test_api_upload_statuses(client, token, make_user, svc):
     r = client.post("/api/v1/photos", **multipart(data), headers=h)
     assert r.status_code == 200 and r.json["status"] == "already_uploaded" and r.json["progress"]["accepted"] == 1
 
-    r = client.post("/api/v1/photos", **multipart(images.reencode(plate(US7), 60)), headers=h)
+    r = client.post("/api/v1/photos", **multipart(images.reencode(US7, 60)), headers=h)
     assert r.status_code == 409 and r.json["code"] == "near_duplicate"
 
     other = accounts.create_token(svc.db, make_user("bob@example.com", "Bob").id).token
@@ -130,7 +129,7 @@ def test_api_upload_statuses(client, token, make_user, svc):
 
 def test_api_too_large_is_413(client, token, svc):
     svc.settings["MAX_UPLOAD_MB"] = 1
-    r = client.post("/api/v1/photos", **multipart(plate("br/PAG5219.png").read_bytes()), headers={"Authorization": f"Bearer {token}"})
+    r = client.post("/api/v1/photos", **multipart(photos.named("png")), headers={"Authorization": f"Bearer {token}"})
     assert r.status_code == 413 and r.json["code"] == "too_large"
 
 
@@ -144,7 +143,7 @@ def test_request_over_the_size_limit_is_413_json(app, client, token):
 
 def test_api_with_session_needs_csrf_header(client, auth):
     auth.register()
-    data = plate(US7).read_bytes()
+    data = US7
     r = client.post("/api/v1/photos", **multipart(data))
     assert r.status_code == 400 and r.json["code"] == "csrf_failed"
     r = client.post("/api/v1/photos", **multipart(data), headers={"X-CSRFToken": auth.csrf()})
@@ -153,7 +152,7 @@ def test_api_with_session_needs_csrf_header(client, auth):
 
 def test_api_me_lists_photos_and_rejections(client, token):
     h = {"Authorization": f"Bearer {token}"}
-    client.post("/api/v1/photos", **multipart(plate(US7).read_bytes(), "mine.jpg"), headers=h)
+    client.post("/api/v1/photos", **multipart(US7, "mine.jpg"), headers=h)
     client.post("/api/v1/photos", **multipart(b"", "empty.jpg"), headers=h)
     me = client.get("/api/v1/me", headers=h).json
     assert me["progress"]["accepted"] == 1
@@ -185,7 +184,7 @@ def csrf_from_token_page(html: str) -> str:
 
 def test_plain_form_upload_without_javascript(client, auth):
     auth.register()
-    files = [(plate(US7).read_bytes(), "a.jpg"), (b"nope", "b.txt"), (plate("eu/eu7.jpg").read_bytes(), "c.jpg")]
+    files = [(US7, "a.jpg"), (b"nope", "b.txt"), (photos.named("large"), "c.jpg")]
     r = client.post("/upload", **multipart(files, csrf_token=auth.csrf()))
     html = r.get_data(as_text=True)
     assert r.status_code == 200
@@ -196,7 +195,7 @@ def test_plain_form_upload_without_javascript(client, auth):
 def test_my_photos_shows_thumbnails_and_reasons(client, auth):
     auth.register()
     h = {"X-CSRFToken": auth.csrf()}
-    r = client.post("/api/v1/photos", **multipart(plate(US7).read_bytes(), "car.jpg"), headers=h)
+    r = client.post("/api/v1/photos", **multipart(US7, "car.jpg"), headers=h)
     client.post("/api/v1/photos", **multipart(images.solid(1000, 800), "grey.jpg"), headers=h)
     html = client.get("/photos").get_data(as_text=True)
     pid = r.json["photo"]["id"]
@@ -205,16 +204,14 @@ def test_my_photos_shows_thumbnails_and_reasons(client, auth):
     with client.get(f"/photos/{pid}/thumb") as thumb:
         assert thumb.status_code == 200 and thumb.mimetype == "image/jpeg" and "private" in thumb.headers["Cache-Control"]
     with client.get(f"/photos/{pid}/file") as original:
-        assert original.data == plate(US7).read_bytes()
+        assert original.data == US7
 
 
 def test_photos_are_visible_only_to_their_owner(app, client, auth):
     auth.register()
-    r = client.post("/api/v1/photos", **multipart(plate(US7).read_bytes()), headers={"X-CSRFToken": auth.csrf()})
+    r = client.post("/api/v1/photos", **multipart(US7), headers={"X-CSRFToken": auth.csrf()})
     pid = r.json["photo"]["id"]
     other = app.test_client()
-    from .conftest import Auth
-
     Auth(other).register("bob@example.com", "Bob")
     assert other.get(f"/photos/{pid}/thumb").status_code == 404
     assert other.get(f"/photos/{pid}/file").status_code == 404
@@ -225,8 +222,8 @@ def test_reaching_the_quota_says_so(client, auth, svc):
     svc.settings["QUOTA"] = 2
     auth.register()
     h = {"X-CSRFToken": auth.csrf()}
-    for rel in (US7, "eu/eu7.jpg"):
-        r = client.post("/api/v1/photos", **multipart(plate(rel).read_bytes()), headers=h)
+    for data in (US7, photos.named("large")):
+        r = client.post("/api/v1/photos", **multipart(data), headers=h)
     assert r.json["progress"]["complete"] is True
     assert "Fee paid" in client.get("/upload").get_data(as_text=True)
 

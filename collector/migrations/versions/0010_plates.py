@@ -1,14 +1,14 @@
 """plate reads and plates
 
 Revision ID: 0010_plates
-Revises: 0004
+Revises: 0007_web
 Create Date: 2026-11-26 12:45:00
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = '0010_plates'
-down_revision = '0004'
+down_revision = '0007_web'  # "0004" in the brief; re-chained after merging main, which added 0005 and 0007_web
 branch_labels = None
 depends_on = None
 

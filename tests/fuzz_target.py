@@ -1,0 +1,71 @@
+"""The atheris fuzz target over the inspect path: sniff, structural pre-check, decode, EXIF.
+
+    python tests/fuzz_target.py [libFuzzer flags] CORPUS_DIR...
+
+Run by tests/test_fuzz.py with -max_total_time, -rss_limit_mb and -timeout, so a crash (any
+exception but a refusal with a known code), a memory blow-up or a slow input fails the test,
+and libFuzzer writes the input to -artifact_prefix.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import atheris
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from collector import decoding, imaging, metadata  # noqa: E402
+
+
+def _instrument(*modules) -> None:
+    """Coverage for our own parsing code only: its functions' bytecode, patched in place
+    (instrument_imports cannot: the collector package imports these modules itself)."""
+    import inspect
+
+    for module in modules:
+        for _, fn in inspect.getmembers(module, inspect.isfunction):
+            if fn.__module__ == module.__name__:
+                atheris.instrument_func(fn)
+
+
+_instrument(decoding, imaging, metadata)
+
+KNOWN = {"corrupt", "too_many_pixels", "too_complex"}
+FORMATS = ("JPEG", "PNG", "WEBP", "HEIF")
+_fd, _name = tempfile.mkstemp(prefix="fuzz-", suffix=".bin")
+os.close(_fd)
+PATH = Path(_name)
+
+
+def one_input(data: bytes) -> None:
+    # Every pre-check on every input: they are pure Python and must only ever refuse.
+    for fmt in FORMATS:
+        try:
+            decoding.precheck(data, fmt)
+        except decoding.Refused as exc:
+            assert exc.code in KNOWN, exc.code
+    fmt, _other = imaging.sniff(data[:64])
+    exif = data if data[:4] in (b"II*\x00", b"MM\x00*") else None
+    if fmt:
+        PATH.write_bytes(data)
+        try:
+            res = decoding.decode_small(PATH, fmt, 120_000_000, 320, 320)
+        except decoding.Refused as exc:
+            assert exc.code in KNOWN, exc.code
+        else:
+            assert max(res.small.size) <= decoding.HASH_SIDE and res.small.mode == "RGB"
+            exif = res.exif
+    meta = metadata.read_metadata(exif)  # never raises, whatever the bytes
+    assert 1 <= meta.orientation <= 8
+
+
+if __name__ == "__main__":
+    atheris.Setup(sys.argv, one_input)
+    try:
+        atheris.Fuzz()
+    finally:
+        PATH.unlink(missing_ok=True)

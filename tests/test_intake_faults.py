@@ -1,0 +1,258 @@
+"""Intake's stages under faults and races: the verdict a person sees is the right one, and
+nothing stored is left without its row (issue 8: findings 7, 16, 17 and the import)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from collector import imaging
+from collector.models import Photo, User
+from tests.synthetic import plate_photo
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def ann(make_user):
+    return make_user("ann@example.com", "Ann")
+
+
+@pytest.fixture
+def bob(make_user):
+    return make_user("bob@example.com", "Bob")
+
+
+def objects(svc) -> list[str]:
+    return sorted(o.key for o in svc.storage.list())
+
+
+def short_exif_jpeg() -> bytes:
+    """A valid photo whose EXIF block is a TIFF header cut to 4 bytes (Pillow's
+    truncated_exif_dpi.jpg has the same shape)."""
+    data = plate_photo(99, size=(800, 600))
+    app1 = b"Exif\x00\x00II*\x00"
+    return data[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + data[2:]
+
+
+# -- finding 7: one order of questions, before and under the lock ---------------------------
+
+
+def test_decide_answers_exact_before_near(svc, submit, ann, bob):
+    data = plate_photo(1, size=(1200, 900))
+    first = submit(ann, data)
+    assert first.status == "accepted"
+    ins = __import__("collector.inspection", fromlist=["inspect"])
+    path = Path(svc.intake.spool_dir) / "probe.jpg"
+    path.write_bytes(data)
+    inspected = ins.inspect(path, data[:64], svc.settings)
+    with svc.db.Session() as session:
+        mine = svc.intake.decide(session, ann.id, first.sha256, inspected.fingerprint.variants)
+        theirs = svc.intake.decide(session, bob.id, first.sha256, inspected.fingerprint.variants)
+    # distance 0 to the stored photo, but the exact answers come first
+    assert mine.verdict.status == "already_uploaded" and mine.exact
+    assert theirs.verdict.code == "duplicate" and theirs.exact
+
+
+def test_racing_copies_get_already_uploaded_or_duplicate_never_near_duplicate(svc, ann, bob):
+    verdicts = []
+    for seed in range(4):
+        data = plate_photo(100 + seed, size=(1200, 900))
+        senders = [ann, ann, bob, bob]
+        barrier = threading.Barrier(len(senders))
+
+        def go(user, data=data, barrier=barrier):
+            barrier.wait()
+            verdicts.append((user.id, svc.intake.submit(user.id, io.BytesIO(data), "same.jpg")))
+
+        threads = [threading.Thread(target=go, args=(u,)) for u in senders]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    codes = [v.code or v.status for _, v in verdicts]
+    assert "near_duplicate" not in codes
+    assert codes.count("accepted") == 4
+    winners = {v.sha256: uid for uid, v in verdicts if v.status == "accepted"}
+    for uid, v in verdicts:
+        if v.status != "accepted":
+            expected = "already_uploaded" if winners[v.sha256] == uid else "duplicate"
+            assert v.code == expected
+    with svc.db.Session() as s:
+        assert s.scalar(select(func.sum(User.accepted_count))) == 4
+        assert s.scalar(select(func.count()).select_from(Photo)) == 4
+    assert len(objects(svc)) == 8  # an original and a thumbnail each, nothing else
+
+
+# -- a refused bomb is cheap to refuse again --------------------------------------------------
+
+
+def test_a_file_refused_for_its_bytes_is_refused_again_without_decoding(svc, submit, ann, bob, monkeypatch):
+    import zlib
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    bomb = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0))
+    bomb += chunk(b"IDAT", zlib.compress(b"\x00" * 1000)) + chunk(b"IEND", b"")
+    first = submit(ann, bomb, "bomb.png")
+    assert first.code == "too_many_pixels"
+
+    decodes = []
+    real_decode = imaging.decode
+    monkeypatch.setattr(imaging, "decode", lambda *a, **k: decodes.append(a) or real_decode(*a, **k))
+    again = submit(bob, bomb, "bomb-again.png")
+    assert again.code == "too_many_pixels" and again.message == first.message
+    assert decodes == []
+    # a photo refused for something that may change (its size) is inspected again
+    small = plate_photo(5, size=(400, 300))
+    assert submit(ann, small, "small.jpg").code == "too_small"
+    assert submit(ann, small, "small.jpg").code == "too_small"
+    assert len(decodes) == 2
+
+
+# -- findings 16, 17: leftovers of killed workers and failed writes ---------------------------
+
+
+def _age(path: Path, seconds: float) -> None:
+    past = time.time() - seconds
+    os.utime(path, (past, past))
+
+
+def test_disk_failure_between_original_and_thumbnail_keeps_nothing(svc, submit, ann, runner):
+    thumbs = Path(svc.settings["STORAGE_URL"]) / "thumbs"
+    thumbs.write_text("a file where the thumbnail folder should be")  # every thumbnail write fails
+    v = submit(ann, plate_photo(7, size=(1200, 900)))
+    assert v.code == "storage_unavailable" and "Nothing was kept" in v.message
+    assert [k for k in objects(svc) if k != "thumbs"] == []  # the original written first was taken back
+    thumbs.unlink()
+    r = runner.invoke(args=["storage-check", "--json", "--grace-minutes", "0"])
+    report = json.loads(r.stdout)
+    assert r.exit_code == 0 and report["orphans"] == [] and report["healthy"]
+    assert submit(ann, plate_photo(7, size=(1200, 900))).status == "accepted"
+
+
+def test_storage_check_reports_and_clears_half_written_objects(svc, runner):
+    folder = Path(svc.settings["STORAGE_URL"]) / "originals" / "ab" / "cd"
+    folder.mkdir(parents=True)
+    tmp = folder / ".tmp-killed"
+    tmp.write_bytes(b"half a photo")
+    r = runner.invoke(args=["storage-check"])
+    assert r.exit_code == 0 and "temp" not in r.stdout  # young: a write may be under way
+    _age(tmp, 2 * 3600)
+    r = runner.invoke(args=["storage-check"])
+    assert r.exit_code == 1 and "temp     originals/ab/cd/.tmp-killed" in r.stdout and "NOT CLEAN" in r.stdout
+    r = runner.invoke(args=["storage-check", "--fix"])
+    assert r.exit_code == 0 and "removed  originals/ab/cd/.tmp-killed" in r.stdout
+    assert not tmp.exists()
+
+
+def test_a_worker_killed_mid_upload_leaves_a_spool_file_that_is_cleared(app, svc, ann, submit, runner, tmp_path):
+    """A real process, killed with SIGKILL while it reads an upload: its spool file (a whole
+    original, GPS included) stays behind; storage-check reports it, --fix and the next process's
+    first upload remove it."""
+    fifo = tmp_path / "slow-upload.jpg"
+    os.mkfifo(fifo)
+    env = dict(os.environ, COLLECTOR_DATA_DIR=svc.settings["DATA_DIR"].as_posix(),
+               COLLECTOR_DATABASE_URL=svc.settings["DATABASE_URL"], COLLECTOR_STORAGE_URL=svc.settings["STORAGE_URL"],
+               COLLECTOR_SECRET_KEY="test-secret")
+    proc = subprocess.Popen([sys.executable, "-m", "flask", "--app", "app", "import", str(fifo), "--as", ann.email],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    spool_dir = Path(svc.intake.spool_dir)
+    try:
+        with open(fifo, "wb") as writer:  # opens once the importer opens the file
+            writer.write(plate_photo(3, size=(1200, 900))[:50_000])
+            writer.flush()
+            deadline = time.monotonic() + 60
+            while not list(spool_dir.glob("upload-*")) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            spooled = list(spool_dir.glob("upload-*"))
+            assert spooled, "the importer never started spooling"
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert spooled[0].exists()  # what a killed worker leaves
+    _age(spooled[0], 2 * 3600)
+    r = runner.invoke(args=["storage-check"])
+    assert r.exit_code == 1 and f"spool    {spooled[0]}" in r.stdout
+    # the next process's first upload sweeps it (this app has not taken an upload yet)
+    assert submit(ann, plate_photo(4, size=(1200, 900))).status == "accepted"
+    assert not spooled[0].exists()
+
+
+# -- the bulk import gives every file a verdict -----------------------------------------------
+
+
+def test_import_gives_every_file_a_line_whatever_one_of_them_does(runner, svc, ann, tmp_path):
+    folder = tmp_path / "batch"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(plate_photo(11, size=(1200, 900)))
+    (folder / "b-short-exif.jpg").write_bytes(short_exif_jpeg())
+    (folder / "d.jpg").write_bytes(plate_photo(12, size=(1200, 900)))
+    gone = tmp_path / "c-gone.jpg"  # named on the command line, but not there
+    r = runner.invoke(args=["import", str(folder), str(gone), str(folder / "d.jpg"), "--as", ann.email, "--json"])
+    lines = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [Path(x["file"]).name for x in lines] == ["a.jpg", "b-short-exif.jpg", "d.jpg", "c-gone.jpg", "d.jpg"]
+    by_name = {Path(x["file"]).name: x for x in lines}
+    assert lines[0]["status"] == lines[2]["status"] == "accepted" and lines[4]["code"] == "already_uploaded"
+    assert by_name["c-gone.jpg"]["code"] == "unreadable"
+    assert by_name["b-short-exif.jpg"]["status"] in ("rejected", "accepted")  # a verdict, not a crash
+    assert r.exit_code == 1  # one file could not be read
+
+
+
+# -- finding 15: the database locked or gone while an upload commits ---------------------------
+
+
+@contextlib.contextmanager
+def write_lock_held(svc):
+    """Another writer holding the intake write lock (SQLite's, or PostgreSQL's advisory lock)."""
+    from sqlalchemy import create_engine, text
+
+    from collector.db import INTAKE_LOCK
+
+    engine = create_engine(svc.settings["DATABASE_URL"], poolclass=__import__("sqlalchemy.pool", fromlist=["NullPool"]).NullPool)
+    conn = engine.connect()
+    if svc.db.is_sqlite:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    else:
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": INTAKE_LOCK})
+    try:
+        yield
+    finally:
+        conn.rollback()
+        conn.close()
+        engine.dispose()
+
+
+def test_a_locked_database_is_a_503_and_keeps_nothing(client, svc, ann):
+    from collector import accounts
+    from tests.conftest import multipart
+
+    token = accounts.create_token(svc.db, ann.id).token
+    with write_lock_held(svc):
+        r = client.post("/api/v1/photos", **multipart(plate_photo(21, size=(1200, 900))),
+                        headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 503 and r.headers.get("Retry-After")
+    assert r.json["code"] == "service_unavailable" and "not recorded" in r.json["message"]
+    assert objects(svc) == []  # the original and thumbnail it stored were taken back
+    assert list(Path(svc.intake.spool_dir).glob("upload-*")) == []
+    with svc.db.Session() as session:
+        assert session.scalar(select(func.count()).select_from(Photo)) == 0
+    r = client.post("/api/v1/photos", **multipart(plate_photo(21, size=(1200, 900))),
+                    headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 201 and len(objects(svc)) == 2  # sent again once the lock is free
