@@ -14,9 +14,11 @@ import argparse
 import csv
 import difflib
 import json
+import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -68,6 +70,28 @@ def load(path: Path):
         return imaging._to_rgb(im)
 
 
+class DefaultReader:
+    """RapidOCR with its own defaults (detection scaled to at least 736 px on the short side,
+    every thread), on the photo at full size: what the reader is measured against."""
+
+    def __init__(self):
+        from rapidocr import RapidOCR
+        self.engine = RapidOCR(params={"Global.log_level": "error"})
+
+    def lines(self, im):
+        import numpy as np
+
+        from collector.plates import Line
+        out = self.engine(np.ascontiguousarray(np.asarray(im)[:, :, ::-1]))
+        if out.boxes is None:
+            return []
+        res = []
+        for quad, text, score in zip(out.boxes, out.txts, out.scores, strict=True):
+            xs, ys = [p[0] for p in quad], [p[1] for p in quad]
+            res.append(Line((round(min(xs)), round(min(ys)), round(max(xs) - min(xs)), round(max(ys) - min(ys))), text, float(score)))
+        return res
+
+
 def char_accuracy(got: str, truth: str) -> float:
     sm = difflib.SequenceMatcher(None, got, truth)
     return sum(b.size for b in sm.get_matching_blocks()) / max(len(truth), 1)
@@ -76,9 +100,13 @@ def char_accuracy(got: str, truth: str) -> float:
 def run_side(side: int, show_lines: bool) -> dict:
     """In this process: read every corpus photo at ``side``; per-photo figures."""
     from collector import plates
-    plates.READ_SIDE = side
     t0 = time.process_time()
-    reader = plates.Reader(side=side)
+    if side:
+        plates.READ_SIDE = side
+        reader = plates.Reader(side=side)
+    else:  # the baseline: RapidOCR as installed, its defaults, the full-size photo
+        plates.READ_SIDE = 100_000
+        reader = DefaultReader()
     load_cpu = time.process_time() - t0
     plate_set, others = corpus_sets()
     rows = []
@@ -118,13 +146,13 @@ def summary(res: dict) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--sides", default="1280")
+    ap.add_argument("--sides", default="1280", help="reading sides to measure; 0 = RapidOCR's defaults at full size")
     ap.add_argument("--workers", default="1,2")
     ap.add_argument("--jobs", type=int, default=24, help="photos per worker-throughput run")
     ap.add_argument("--lines", action="store_true", help="print every miss with the OCR's lines")
     ap.add_argument("--one-side", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.one_side:
+    if args.one_side is not None:
         print(json.dumps(run_side(args.one_side, args.lines)))
         return
     if not (CORPUS / "plates").is_dir():
@@ -138,7 +166,8 @@ def main() -> None:
                              capture_output=True, text=True, check=True)
         res = json.loads(out.stdout.strip().splitlines()[-1])
         s = summary(res)
-        print(f"{side:>5} {s['recall']:>7.0%} {s['false_found']:>6.0%} {s['exact']:>6.0%} {s['chars']:>6.0%} "
+        label = side or "full*"
+        print(f"{label:>5} {s['recall']:>7.0%} {s['false_found']:>6.0%} {s['exact']:>6.0%} {s['chars']:>6.0%} "
               f"{s['cpu_ms_mean']:>7.0f} {s['cpu_ms_max']:>7.0f} {s['peak_rss_mb']:>7.0f}")
         if args.lines:
             for r in res["rows"]:
@@ -149,8 +178,42 @@ def main() -> None:
         workers_bench([int(n) for n in args.workers.split(",")], args.jobs)
 
 
-def workers_bench(counts: list[int], jobs: int) -> None:  # filled in with the job worker
-    pass
+def workers_bench(counts: list[int], jobs: int) -> None:
+    """Throughput of N real `flask plates run --until-idle` processes on one SQLite database and
+    folder, over ``jobs`` generated 1600x1200 plate photos accepted through intake."""
+    import io
+
+    from collector import create_app
+    from collector import jobs as jobs_mod
+    from collector.accounts import create_user
+    from tests.plate_images import plate_photo
+
+    print(f"\nworkers: {jobs} generated 1600x1200 plate photos per run, SQLite")
+    base = None
+    for n in counts:
+        with tempfile.TemporaryDirectory() as tmp:
+            settings = {"DATA_DIR": tmp, "SECRET_KEY": "bench", "TESTING": True}
+            app = create_app(settings)
+            svc = app.extensions["collector"]
+            user = create_user(svc.db, "bench@example.com", "Bench", "long enough password", "CC BY 4.0")
+            for i in range(jobs):
+                data, _ = plate_photo([f"KA{i % 90 + 10:02d} AB{1000 + i}"], seed=i, size=(1600, 1200), plate_width=420)
+                assert svc.intake.submit(user.id, io.BytesIO(data), f"{i}.jpg").status == "accepted"
+            env = dict(os.environ, COLLECTOR_DATA_DIR=tmp, COLLECTOR_SECRET_KEY="bench")
+            t0 = time.perf_counter()
+            procs = [subprocess.Popen([sys.executable, "-m", "flask", "--app", "app", "plates", "run", "--until-idle"],
+                                      cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(n)]
+            for p in procs:
+                p.wait()
+            wall = time.perf_counter() - t0
+            with svc.db.Session() as s:
+                rows = list(jobs_mod.report_rows(s))
+            found = sum(r["status"] == "found" for r in rows)
+            svc.db.dispose()
+        rate = jobs / wall
+        base = base or rate
+        print(f"  {n} worker{'s' if n > 1 else ' '}: {wall:6.1f} s wall (model load included), {rate:5.2f} photos/s, "
+              f"x{rate / base:.2f} of 1 worker; plates found {found}/{jobs}")
 
 
 if __name__ == "__main__":
