@@ -387,13 +387,15 @@ high-quality JPEG with their orientation applied.
 
 
 def _plates_section(rows: list[dict]) -> str:
+    from .plates import READ_SIDE
+
     per_image = [json.loads(r.get("plates") or "[]") for r in rows]
     plates = [p for ps in per_image for p in ps]
     with_plate = sum(1 for ps in per_image if ps)
     confirmed = sum(1 for p in plates if p["source"] == "organiser")
     return (
         f"Plates were read by machine, after upload, with RapidOCR (PP-OCRv6 text detection and recognition, "
-        f"ONNX) on each photo reduced to 1280 pixels on its long side: a text line of 4-10 letters and digits "
+        f"ONNX) on each photo reduced to {READ_SIDE} pixels on its long side: a text line of 4-10 letters and digits "
         f"with at least one of each (or 7-8 digits), recognised with a score of at least 0.7, in a box at least "
         f"1.5 times wider than tall; two stacked lines of similar width are one plate. Organisers could correct "
         f"the text or type it where the machine found none; their text replaces the machine's.\n\n"
