@@ -180,13 +180,15 @@ def settle_user(tx: Session, user_id: int, settings: dict) -> int:
     return sum(settle(tx, pid, settings) for pid in ids)
 
 
-def clear_hold(tx: Session, photo_id: int) -> bool:
+def clear_hold(tx: Session, photo_id: int, organiser_id: int) -> bool:
     """For review: the photo leaves the credited set; True if its credit was already held back
-    (so review must not take it a second time)."""
+    (so review must not take it a second time). The organiser has looked at it, so a later
+    restore is not held back again for want of a plate."""
     read = tx.get(PlateRead, photo_id)
     if read is None or not read.credit_held:
         return False
     read.credit_held = None
+    read.reviewed_by_id = organiser_id
     return True
 
 

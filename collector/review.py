@@ -37,7 +37,7 @@ def reject(db, photo_id: int, organiser_id: int, reason: str, note: str | None =
         ).rowcount
         if changed:
             user_id, created = tx.execute(select(Photo.user_id, Photo.created_at).where(Photo.id == photo_id)).one()
-            if not jobs.clear_hold(tx, photo_id):  # a credit the plate policy held back is gone already
+            if not jobs.clear_hold(tx, photo_id, organiser_id):  # a credit the plate policy held back is gone already
                 credits.adjust(tx, user_id, -1, created)
             tx.add(ReviewAction(photo_id=photo_id, organiser_id=organiser_id, action="reject", reason=reason, note=note))
         return bool(changed)

@@ -204,6 +204,9 @@ def test_rejecting_a_held_photo_does_not_take_its_credit_twice(hold_app, app, sv
     assert _count(svc, ann.id) == 0
     assert review.restore(svc.db, flowers, org.id)
     assert _count(svc, ann.id) == 1
+    with svc.db.write_transaction(lock=False) as tx:  # settling again keeps the organiser's decision
+        assert jobs.settle_user(tx, ann.id, svc.settings) == 0
+    assert _count(svc, ann.id) == 1
 
 
 def test_distinct_plates_count_once_and_a_correction_is_kept_audited_and_wins(settings, app, svc, make_user):
