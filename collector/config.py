@@ -33,6 +33,13 @@ def _date(value: str) -> dt.date | None:
     return dt.date.fromisoformat(value.strip()) if value.strip() else None
 
 
+def _plate_policy(value: str) -> str:
+    v = value.strip().lower()
+    if v not in ("review", "hold", "off"):
+        raise ValueError(f"expected review, hold or off, got {value!r}")
+    return v
+
+
 def _positive_int(value: str) -> int:
     n = int(value)
     if n <= 0:
@@ -74,6 +81,8 @@ SETTINGS: list[Setting] = [
     Setting("COOKIE_SECURE", False, "Send session cookies only over HTTPS. Turn on when served behind TLS.", _bool),
     Setting("UPLOAD_EXPIRY_HOURS", 24, "Hours an unfinished resumable upload is kept after its last byte before `flask uploads clean` (or the next upload) removes it.", _positive_int),
     Setting("MAX_OPEN_UPLOADS", 30, "Unfinished resumable uploads one account may have at once (`too_many_uploads` beyond it).", _positive_int),
+    Setting("PLATE_POLICY", "review", "What a photo where no plate was found does to its credit: `review` (keeps it, goes to the review queue), `hold` (the credit waits for an organiser) or `off` (plates are not read).", _plate_policy),
+    Setting("DISTINCT_PLATES", False, "Only distinct plate texts count toward the fee: a second photo of a plate the contributor already sent earns no credit.", _bool),
     Setting("LOGIN_MAX_FAILURES", 10, "Failed log-ins for one email from one address within 15 minutes before that pair must wait (`rate_limited`); an address gets 30 times as many for unknown emails, an account 10 times as many across addresses.", _positive_int),
     Setting("REGISTRATIONS_PER_ADDRESS", 30, "Registrations from one address within 10 minutes (`rate_limited` beyond). An address may be a whole wifi.", _positive_int),
     Setting("UPLOADS_PER_MINUTE", 60, "Upload requests per account per minute (`rate_limited` beyond), counted before the body is read.", _positive_int),
