@@ -22,11 +22,12 @@ process (``python -I collector/decoding.py``) starts small without the web appli
 
 from __future__ import annotations
 
+import atexit
 import io
 import json
 import logging
+import math
 import os
-import queue
 import resource
 import select
 import signal
@@ -36,6 +37,7 @@ import sys
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -370,11 +372,34 @@ def _register_heif() -> None:
         _heif_registered = True
 
 
-def decode_small(path: str | os.PathLike, fmt: str, max_pixels: int, small_side: int, memory_mb: int, prechecks: bool = True) -> Small:
+# CPU seconds per megapixel of the decode itself, measured on 12 MP files here (Pillow 13,
+# pillow-heif 1.8, all threads): JPEG at 1/8 scale 0.006 (progressive 0.02), PNG 0.04,
+# WebP 0.04, HEIC 0.105. A decoder process gets 3x that, plus half a second, and at most
+# DECODE_CPU_SECONDS: a hostile file that passes the pre-checks is stopped at about the cost
+# of an honest file of its size.
+CPU_PER_MEGAPIXEL = {"JPEG": 0.006, "JPEG-buffered": 0.02, "PNG": 0.04, "WEBP": 0.04, "HEIF": 0.105}
+
+
+def cpu_allowance(fmt: str, pixels: int, buffered: bool, most: float) -> float:
+    key = "JPEG-buffered" if fmt == "JPEG" and buffered else fmt
+    return min(most, 0.5 + 3 * CPU_PER_MEGAPIXEL[key] * pixels / 1e6)
+
+
+def decode_small(
+    path: str | os.PathLike,
+    fmt: str,
+    max_pixels: int,
+    small_side: int,
+    memory_mb: int,
+    prechecks: bool = True,
+    on_size: Callable[[int, bool], None] | None = None,
+) -> Small:
     """Pre-check, limit and decode ``path`` once; raise Refused. Runs where it is called.
 
     ``prechecks=False`` skips the structural pre-check and the per-format limits (MAX_PIXELS
     still applies): the tests and bench/hostile.py use it to show that the backstop alone holds.
+    ``on_size(pixels, buffered)`` is called once the size is known, before the pixels are
+    decoded (the decoder process sets its CPU allowance there).
     """
     try:
         with open(path, "rb") as fh:
@@ -399,6 +424,8 @@ def decode_small(path: str | os.PathLike, fmt: str, max_pixels: int, small_side:
                 raise Refused("corrupt", f"{fmt}: the decoder reads {width}x{height}, the header says {header.width}x{header.height}")
             if width * height > limit:
                 raise Refused("too_many_pixels", f"{width}x{height}", pixels=width * height, limit=limit)
+            if on_size is not None:
+                on_size(width * height, header.bytes_per_pixel > 0 or not prechecks)
             if fmt == "JPEG":
                 im.draft("RGB", (small_side, small_side))
             im.load()  # the one decode: proves the whole stream is intact
@@ -433,7 +460,14 @@ def to_small_rgb(im: Image.Image) -> Image.Image:
     elif im.mode == "P" or im.mode not in ("L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "I", "F"):
         im = im.convert("RGBA" if "transparency" in im.info or "A" in im.mode else "RGB")
     if factor > 1 and max(im.size) > HASH_SIDE:
-        im = im.reduce(max(1, max(im.size) // HASH_SIDE))
+        f = max(1, max(im.size) // HASH_SIDE)
+        if im.mode in ("LA", "RGBA"):
+            # Image.reduce premultiplies alpha in a full-size copy first (4 more bytes a pixel);
+            # averaging the straight channels differs only where alpha varies, and is enough
+            # for a hash and a thumbnail.
+            im = im._new(im.im.reduce((f, f), (0, 0, *im.size)))
+        else:
+            im = im.reduce(f)
     if im.mode in ("I", "F"):
         lo, hi = im.getextrema()
         scale = 255.0 / hi if hi and hi > 255 else 1.0
@@ -480,13 +514,21 @@ def _serve() -> None:
             return  # the parent went away
         req = json.loads(rin.read(_LEN.unpack(head)[0]))
         # A fresh CPU allowance for this file: SIGXCPU ends the process once it is spent.
-        used = resource.getrusage(resource.RUSAGE_SELF)
-        spent = int(used.ru_utime + used.ru_stime) + 1
-        resource.setrlimit(resource.RLIMIT_CPU, (spent + int(req["cpu_seconds"]), resource.RLIM_INFINITY))
+        most = float(req["cpu_seconds"])
+
+        def allow(seconds: float) -> None:
+            # SIGXCPU ends the process once its CPU time passes the soft limit (whole seconds).
+            used = resource.getrusage(resource.RUSAGE_SELF)
+            resource.setrlimit(resource.RLIMIT_CPU, (math.ceil(used.ru_utime + used.ru_stime + seconds), resource.RLIM_INFINITY))
+
+        allow(min(most, 1.0))  # the pre-check and the header, whatever the file
+
+        def on_size(pixels: int, buffered: bool, fmt=req["fmt"], most=most) -> None:
+            allow(cpu_allowance(fmt, pixels, buffered, most))
         reset_peak_rss()
         t0 = time.process_time()
         try:
-            res = decode_small(req["path"], req["fmt"], req["max_pixels"], req["small_side"], memory_mb, req["prechecks"])
+            res = decode_small(req["path"], req["fmt"], req["max_pixels"], req["small_side"], memory_mb, req["prechecks"], on_size)
         except Refused as exc:
             reply, tail = {"ok": False, "code": exc.code, "detail": exc.detail, "pixels": exc.pixels, "limit": exc.limit}, b""
         except Exception as exc:  # a decoder bug on hostile input: a verdict, not a dead process
@@ -538,7 +580,11 @@ class _Decoder:
 
     def __init__(self, memory_mb: int):
         env = {k: v for k, v in os.environ.items() if not k.startswith("COLLECTOR_")}
-        env.update(DECODER_MEMORY_MB=str(memory_mb), OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+        env.update(DECODER_MEMORY_MB=str(memory_mb), OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
+                   # Big buffers straight from mmap and back to the kernel when freed: without a
+                   # fixed threshold glibc raises it to 32 MB after the first large free, and a
+                   # decoder would keep its largest image's memory between files.
+                   MALLOC_MMAP_THRESHOLD_="262144", MALLOC_TRIM_THRESHOLD_="1048576", MALLOC_ARENA_MAX="2")
         self.proc = subprocess.Popen(
             [sys.executable, "-I", str(Path(__file__).resolve())],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True,
@@ -591,6 +637,8 @@ class _Decoder:
             return "the decoder closed its pipe"
         if rc == -signal.SIGXCPU:
             return "cpu"
+        if rc == -signal.SIGKILL:
+            return "killed"  # not by us: the kernel's OOM killer, or an operator
         return f"the decoder exited with {rc}"
 
     def kill(self) -> None:
@@ -634,40 +682,27 @@ class DecoderPool:
         self.wall_seconds = wall_seconds if wall_seconds is not None else 10.0 * cpu_seconds + 10.0
         self.max_tasks = max_tasks
         self.pid = os.getpid()
-        self._idle: queue.LifoQueue[_Decoder] = queue.LifoQueue()
+        # A thread holds a slot for the whole of its decode: busy + idle decoders <= slots, so
+        # a thread with a slot always finds an idle decoder or room to start one, and a
+        # decoder killed mid-decode frees its slot for the next waiting thread.
+        self._slots = threading.BoundedSemaphore(size)
         self._lock = threading.Lock()
-        self._started = 0
+        self._idle: list[_Decoder] = []
         self._all: set[_Decoder] = set()
         # Of the decoder that served this thread's last request (tests, bench/hostile.py).
         self._last = threading.local()
 
     def _take(self) -> _Decoder:
+        """An idle live decoder, or a new one; only called while holding a slot."""
         while True:
-            try:
-                d = self._idle.get_nowait()
-            except queue.Empty:
+            with self._lock:
+                d = self._idle.pop() if self._idle else None
+            if d is None:
                 break
             if d.proc.poll() is None:
                 return d
             self._drop(d)  # died while idle (killed from outside): start another
-        with self._lock:
-            if self._started < self.size:
-                self._started += 1
-                start = True
-            else:
-                start = False
-        if not start:
-            d = self._idle.get()
-            if d.proc.poll() is None:
-                return d
-            self._drop(d)
-            return self._take()
-        try:
-            d = _Decoder(self.memory_mb)
-        except BaseException:
-            with self._lock:
-                self._started -= 1
-            raise
+        d = _Decoder(self.memory_mb)
         with self._lock:
             self._all.add(d)
         return d
@@ -676,35 +711,40 @@ class DecoderPool:
         d.kill()
         with self._lock:
             self._all.discard(d)
-            self._started -= 1
 
     def decode(self, path: str | os.PathLike, fmt: str, max_pixels: int, small_side: int, prechecks: bool = True) -> tuple[dict, bytes]:
         req = {"path": str(path), "fmt": fmt, "max_pixels": int(max_pixels), "small_side": int(small_side),
                "cpu_seconds": self.cpu_seconds, "prechecks": bool(prechecks)}
-        for attempt in (1, 2):
-            d = self._take()
-            try:
-                reply, tail = d.request(req, self.wall_seconds)
-            except TimeoutError:
-                self._drop(d)
-                raise Refused("too_complex", f"the decode took longer than {self.wall_seconds:.0f} s") from None
-            except DecoderDied as exc:
-                self._drop(d)
-                if str(exc) == "cpu":
-                    raise Refused("too_complex", f"the decode needed more than {self.cpu_seconds} s of CPU") from None
-                if attempt == 1 and d.tasks > 0 and "gone" in str(exc):
-                    continue  # an idle decoder that had died (killed by hand): one retry on a fresh one
-                # Killed by the memory limit, or crashed in a decoder library on this file.
-                raise Refused("corrupt", f"the decoder process died: {exc}") from None
-            except BaseException:
-                self._drop(d)
-                raise
-            self._last.peak_kb, self._last.cpu, self._last.pid = d.maxrss_kb, float(reply.get("cpu", 0.0)), d.proc.pid
-            if d.tasks >= self.max_tasks:
-                self._drop(d)
-            else:
-                self._idle.put(d)
-            return reply, tail
+        with self._slots:
+            for attempt in (1, 2):
+                d = self._take()
+                try:
+                    reply, tail = d.request(req, self.wall_seconds)
+                except TimeoutError:
+                    self._drop(d)
+                    raise Refused("too_complex", f"the decode took longer than {self.wall_seconds:.0f} s") from None
+                except DecoderDied as exc:
+                    self._drop(d)
+                    if str(exc) == "cpu":
+                        raise Refused("too_complex", "the decode needed more CPU time than an honest file of its size") from None
+                    if str(exc) == "killed":
+                        # Not remembered as `corrupt` against the file: the machine may be short
+                        # of memory rather than the file hostile.
+                        raise Refused("too_complex", "the decoder process was killed during the decode") from None
+                    if attempt == 1 and d.tasks > 0 and "gone" in str(exc):
+                        continue  # it had died while idle: one retry on a fresh one
+                    # Killed by the memory limit, or crashed in a decoder library on this file.
+                    raise Refused("corrupt", f"the decoder process died: {exc}") from None
+                except BaseException:
+                    self._drop(d)
+                    raise
+                self._last.peak_kb, self._last.cpu, self._last.pid = d.maxrss_kb, float(reply.get("cpu", 0.0)), d.proc.pid
+                if d.tasks >= self.max_tasks:
+                    self._drop(d)
+                else:
+                    with self._lock:
+                        self._idle.append(d)
+                return reply, tail
         raise AssertionError("unreachable")
 
     def last(self) -> tuple[int, float, int]:
@@ -732,16 +772,13 @@ class DecoderPool:
         with self._lock:
             everyone = list(self._all)
             self._all.clear()
-            self._started = 0
+            self._idle.clear()
         for d in everyone:
             d.kill()
-        while not self._idle.empty():
-            self._idle.get_nowait()
 
     def _forget(self) -> None:
         for d in list(self._all):
             d.forget()
-        self._all.clear()
 
 
 _pools: dict[tuple, DecoderPool] = {}
@@ -758,11 +795,15 @@ def pool(size: int, memory_mb: int, cpu_seconds: int) -> DecoderPool:
         return p
 
 
+_inherited: list[DecoderPool] = []  # the parent's pools, kept so their Popen objects never warn
+
+
 def _after_fork_in_child() -> None:
     global _pools_lock
     _pools_lock = threading.Lock()
     for p in _pools.values():
         p._forget()
+        _inherited.append(p)
     _pools.clear()
 
 
@@ -775,6 +816,7 @@ def close_pools() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(close_pools)  # a worker that exits stops its decoders (they would on EOF too)
 
 
 if __name__ == "__main__":

@@ -101,6 +101,21 @@ def test_per_format_limits_follow_the_memory_budget(tmp_path):
     assert refused(small, memory_mb=80).code == "too_many_pixels"
 
 
+JUST_UNDER = {
+    "webp_4096x4096": lambda: H.webp_lossless_bomb(4096, 4096),  # 16.8 MP: the WebP limit
+    "png_rgba_7300x7300": lambda: H.png_bomb(7300, 7300, 8, 6),  # 53.3 MP of the 53.7 MP limit
+    "png16_grey_8190x8190": lambda: H.png_bomb(8190, 8190, 16, 0),  # 67.1 MP: the 16-bit limit
+}
+
+
+@pytest.mark.parametrize("name", JUST_UNDER)
+def test_files_just_under_a_format_limit_decode_within_the_memory_limit(tmp_path, name):
+    """The per-format limits are right when what they let through fits the decoder's memory."""
+    d = decode(write(tmp_path, name, JUST_UNDER[name]()))
+    assert d.stored_width > 4000
+    assert child_peak_mb() < imaging.DECODE_MEMORY_MB
+
+
 @pytest.mark.parametrize("name", ["webp_lossless_16383x7320", "png_rgb_10000x10000"])
 def test_the_backstop_alone_bounds_memory(tmp_path, own_peak, name):
     """Without the pre-checks and per-format limits, the decoder process's memory limit holds."""
@@ -182,6 +197,24 @@ def test_the_cpu_allowance_kills_a_runaway_decode(tmp_path):
     assert decode(ok, processes=1, memory_mb=320, cpu_seconds=1).stored_width == 1024
 
 
+def test_the_cpu_allowance_follows_the_image_size(tmp_path):
+    """With the default limits and no scan count, a 12 MP many-scan JPEG is stopped at about
+    what an honest 12 MP progressive JPEG costs (0.5 s + 3 x 20 ms per MP), not at the 6 s cap."""
+    import resource
+
+    path = write(tmp_path, "scans.jpg", H.many_scan_jpeg(2000))  # ~22 s of CPU if let run
+    pool = decoding.pool(*POOL)
+    refused(write(tmp_path, "cut.jpg", H.truncated(H.encode(H.photo(), "JPEG"), 0.5)))  # one is up
+    earlier = pool.cpu_seconds_used()  # what the decoder about to be killed has used so far
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    exc = refused(path, prechecks=False)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the killed decoder has been reaped
+    assert exc.code == "too_complex"
+    spent = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime) - earlier
+    assert decoding.cpu_allowance("JPEG", 4032 * 3024, True, imaging.DECODE_CPU_SECONDS) < 1.3
+    assert 1.0 < spent < 1.3 + 1.0  # the allowance, and RLIMIT_CPU's whole-second rounding
+
+
 def test_many_scan_jpeg_through_intake(submit, ann):
     v = submit(ann, H.many_scan_jpeg(20_000), "scans.jpg")
     assert (v.status, v.code) == ("rejected", "too_complex")
@@ -257,14 +290,14 @@ def test_truncated_files_of_every_format_are_corrupt(tmp_path, fmt, fraction):
     assert refused(path).code == "corrupt"
 
 
-@pytest.mark.parametrize("fraction", [0.5, 0.8, 0.95])
-def test_truncated_iphone_heic_is_corrupt(tmp_path, submit, ann, fraction):
-    data = corpus("exif", "heic", "IMG_5195.HEIC").read_bytes()
-    path = write(tmp_path, "cut.heic", H.truncated(data, fraction))
-    exc = refused(path)
-    assert exc.code == "corrupt" and "truncated" in exc.detail
-    v = submit(ann, H.truncated(data, fraction), "cut.heic")
-    assert (v.status, v.code) == ("rejected", "corrupt")
+def test_truncated_iphone_heic_is_corrupt(tmp_path, submit, ann):
+    data = corpus("exif", "heic", "IMG_5195.HEIC").read_bytes()  # a real iPhone's tiled HEIC
+    for fraction in (0.5, 0.8, 0.95):
+        path = write(tmp_path, f"cut-{fraction}.heic", H.truncated(data, fraction))
+        exc = refused(path)
+        assert exc.code == "corrupt" and "truncated" in exc.detail, fraction
+        v = submit(ann, H.truncated(data, fraction), "cut.heic")
+        assert (v.status, v.code) == ("rejected", "corrupt"), fraction
 
 
 def test_truncated_heic_through_intake(submit, ann):
@@ -324,6 +357,31 @@ def test_threads_share_a_bounded_number_of_decoders(tmp_path):
         t.join()
     assert not errors and sizes == [800] * 16
     assert 1 <= len(pool.pids()) <= 2
+
+
+def test_threads_waiting_behind_a_killed_decode_carry_on(tmp_path):
+    """One decoder, three threads: the first file is killed for CPU; the two queued behind it
+    must not wait for ever for a decoder that no longer exists."""
+    bomb = write(tmp_path, "scans.jpg", H.many_scan_jpeg(1000))
+    ok = write(tmp_path, "ok.jpg", H.encode(H.photo(), "JPEG"))
+    kw = {"processes": 1, "memory_mb": 300, "cpu_seconds": 1}
+    results: dict[str, str] = {}
+
+    def go(name, path, prechecks):
+        try:
+            results[name] = str(imaging.decode(path, "JPEG", 120_000_000, prechecks=prechecks, **kw).stored_width)
+        except DecodeError as exc:
+            results[name] = exc.code
+
+    first = threading.Thread(target=go, args=("bomb", bomb, False))
+    first.start()
+    time.sleep(0.2)  # let the bomb take the only decoder (the result does not depend on it)
+    others = [threading.Thread(target=go, args=(f"ok{i}", ok, True)) for i in range(2)]
+    for t in others:
+        t.start()
+    for t in [first, *others]:
+        t.join(60)  # a guard against a hang, not a timing assertion
+    assert results == {"bomb": "too_complex", "ok0": "1024", "ok1": "1024"}
 
 
 def test_a_decoder_killed_from_outside_is_replaced(tmp_path):
