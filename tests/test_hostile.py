@@ -212,7 +212,9 @@ def test_the_cpu_allowance_follows_the_image_size(tmp_path):
     assert exc.code == "too_complex"
     spent = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime) - earlier
     assert decoding.cpu_allowance("JPEG", 4032 * 3024, True, imaging.DECODE_CPU_SECONDS) < 1.3
-    assert 1.0 < spent < 1.3 + 1.0  # the allowance, and RLIMIT_CPU's whole-second rounding
+    # the allowance, RLIMIT_CPU's whole-second rounding and the start of a process on a busy machine;
+    # far below the cap a file of unknown size would get
+    assert 1.0 < spent < 4.0 < imaging.DECODE_CPU_SECONDS
 
 
 def test_many_scan_jpeg_through_intake(submit, ann):
