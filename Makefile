@@ -29,6 +29,7 @@ $(VENV)/.dev-deps: $(VENV)/.run-deps requirements-dev.txt
 run: $(VENV)/.run-deps
 	$(BIN)/flask --app app db upgrade
 	@echo "Plate Collector on http://$(HOST):$(PORT)/"
+	nice $(BIN)/flask --app app plates run --stop-with $$PPID &  # the plate worker, off the upload path; ends with make
 	$(BIN)/gunicorn --config gunicorn.conf.py --bind $(HOST):$(PORT) --workers $(WORKERS) --threads $(THREADS) \
 		--access-logfile - 'app:create_app()'
 

@@ -12,12 +12,13 @@ import click
 from flask import Flask
 from flask.cli import AppGroup, with_appcontext
 
-from . import accounts, integrity, reports, services
+from . import accounts, integrity, jobs, reports, services
 from . import export as export_mod
 
 log = logging.getLogger(__name__)
 users = AppGroup("users", help="Manage accounts.")
 db_group = AppGroup("db", help="Database schema.")
+plates_group = AppGroup("plates", help="Read the plate of every accepted photo, off the upload path.")
 
 
 @users.command("create")
@@ -38,6 +39,26 @@ def create_user(email: str, name: str, organiser: bool, password_stdin: bool) ->
         raise click.ClickException(str(exc)) from None
     role = "organiser" if user.is_organiser else "attendee"
     click.echo(f"created {role} {user.email} (id {user.id})", err=True)
+
+
+@users.command("password")
+@click.argument("email")
+@click.option("--password-stdin", is_flag=True, help="Read the new password from the first line of standard input.")
+def set_password(email: str, password_stdin: bool) -> None:
+    """Set a new password for EMAIL; every earlier session and remember cookie stops working."""
+    svc = services()
+    user = accounts.user_by_email(svc.db.session, email)
+    if user is None:
+        raise click.ClickException(f"no account with email {email}")
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("New password", hide_input=True, confirmation_prompt=True)
+    try:
+        accounts.set_password(svc.db, user.id, password)
+    except accounts.AccountError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"new password set for {user.email}; every earlier session of the account has ended", err=True)
 
 
 @users.command("token")
@@ -205,6 +226,53 @@ def stats_command(as_json: bool) -> None:
         click.echo(f"  {code:<18} {n}")
 
 
+@plates_group.command("run")
+@click.option("--until-idle", is_flag=True, help="Read everything pending, then exit.")
+@click.option("--lease-seconds", type=click.FloatRange(min=0), default=jobs.LEASE.total_seconds(), show_default=True,
+              help="A claim older than this is taken over (its worker is presumed dead).")
+@click.option("--deadline-seconds", type=click.FloatRange(min=0), default=jobs.DEADLINE_S, show_default=True,
+              help="Give up on one photo after this long (it is marked error).")
+@click.option("--limit", type=click.IntRange(min=1), help="Stop after this many photos.")
+@click.option("--stop-with", type=int, metavar="PID", help="Exit when this process is gone (make run passes its own).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON line per event on stdout.")
+@with_appcontext
+def plates_run(until_idle: bool, lease_seconds: float, deadline_seconds: float, limit: int | None,
+               stop_with: int | None, as_json: bool) -> None:
+    """A plate worker: claims photos without a reading in the database, reads them one at a time
+    and writes the result. Run one per machine (or more on PostgreSQL); `make run` starts one."""
+    svc = services()
+    if svc.settings["PLATE_POLICY"] == "off":
+        click.echo("plate reading is off (COLLECTOR_PLATE_POLICY=off)", err=True)
+        return
+
+    def event(state: str, photo_id: int, worker: str) -> None:
+        if as_json:
+            click.echo(json.dumps({"event": state, "photo_id": photo_id, "worker": worker}))
+            sys.stdout.flush()
+        elif state != "reading":
+            click.echo(f"photo {photo_id}: {state}", err=True)
+
+    n = jobs.run(svc.db, svc.storage, svc.settings, until_idle=until_idle, lease=dt.timedelta(seconds=lease_seconds),
+                 deadline_s=deadline_seconds, limit=limit, stop_with=stop_with, on_event=event)
+    click.echo(f"{n} photos read", err=True)
+
+
+@plates_group.command("report")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per photo per line.")
+@with_appcontext
+def plates_report(as_json: bool) -> None:
+    """One line per photo: photo_id, sha256, status (found|none|pending|error), text, score, box
+    [x, y, w, h] in the oriented photo's pixels."""
+    svc = services()
+    for row in jobs.report_rows(svc.db.session):
+        if as_json:
+            click.echo(json.dumps({k: row[k] for k in ("photo_id", "sha256", "status", "text", "score", "box", "source", "plates")}))
+        else:
+            box = " ".join(map(str, row["box"])) if row["box"] else "-"
+            score = f"{row['score']:.2f}" if row["score"] is not None else "-"
+            click.echo(f"{row['photo_id']:>7} {row['sha256'][:12]} {row['status']:<8} {row['text'] or '-':<12} {score:>5} {box}")
+
+
 @db_group.command("upgrade")
 def upgrade() -> None:
     """Apply database migrations (create_app already does this at start-up)."""
@@ -219,3 +287,4 @@ def init_app(app: Flask) -> None:
     app.cli.add_command(storage_check)
     app.cli.add_command(export_dataset)
     app.cli.add_command(stats_command)
+    app.cli.add_command(plates_group)

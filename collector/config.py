@@ -33,6 +33,13 @@ def _date(value: str) -> dt.date | None:
     return dt.date.fromisoformat(value.strip()) if value.strip() else None
 
 
+def _plate_policy(value: str) -> str:
+    v = value.strip().lower()
+    if v not in ("review", "hold", "off"):
+        raise ValueError(f"expected review, hold or off, got {value!r}")
+    return v
+
+
 def _positive_int(value: str) -> int:
     n = int(value)
     if n <= 0:
@@ -72,7 +79,7 @@ SETTINGS: list[Setting] = [
     Setting("MAX_PIXELS", 120_000_000, "Decompression-bomb guard: most pixels an image may declare (`too_many_pixels`).", _positive_int),
     Setting("DECODE_PROCESSES", 1, "Decoder processes per web worker: at most this many images are decoded at once per worker, each with the memory and CPU limits below. 0 decodes in the worker itself, without those limits (not for production).", int),
     Setting("DECODE_MEMORY_MB", 320, "Memory limit (RLIMIT_DATA) of each decoder process, in MiB; the full-size formats' pixel limits follow from it (`too_many_pixels`).", _positive_int),
-    Setting("DECODE_CPU_SECONDS", 4, "Most CPU seconds one decode may use (less for smaller images: 0.5 s plus 3x the measured cost of its pixels) before its decoder process is killed (`too_complex`).", _positive_int),
+    Setting("DECODE_CPU_SECONDS", 6, "Most CPU seconds one decode may use (less for smaller images: 0.5 s plus 3x the measured cost of its pixels) before its decoder process is killed (`too_complex`).", _positive_int),
     Setting("CAPTURED_AFTER", None, "ISO date; photos whose EXIF capture date is older are refused (`metadata_policy`).", _date),
     Setting("REQUIRE_EXIF", False, "Refuse photos without an EXIF capture date (`metadata_policy`).", _bool),
     Setting("NEAR_DUPLICATE_DISTANCE", 31, "Largest PDQ Hamming distance (of 256 bits) that counts as the same picture; at most 31 (the index is built for it).", int),
@@ -81,6 +88,10 @@ SETTINGS: list[Setting] = [
     Setting("COOKIE_SECURE", False, "Send session cookies only over HTTPS. Turn on when served behind TLS.", _bool),
     Setting("DB_POOL_SIZE", None, "Pooled database connections per process. Default: gunicorn's `--threads` + 2 (8 + 2 without it), so no request thread ever waits for a connection.", _positive_int),
     Setting("NEAR_INDEX", "memory", "Where near-duplicates are looked up: `memory` (an in-process copy of the hashes that catches up from the database before each lookup, ~120 MB per process at a million photos) or `sql` (the database's band index alone).", _near_index),
+    Setting("UPLOAD_EXPIRY_HOURS", 24, "Hours an unfinished resumable upload is kept after its last byte before `flask uploads clean` (or the next upload) removes it.", _positive_int),
+    Setting("MAX_OPEN_UPLOADS", 30, "Unfinished resumable uploads one account may have at once (`too_many_uploads` beyond it).", _positive_int),
+    Setting("PLATE_POLICY", "review", "What a photo where no plate was found does to its credit: `review` (keeps it, goes to the review queue), `hold` (the credit waits for an organiser) or `off` (plates are not read).", _plate_policy),
+    Setting("DISTINCT_PLATES", False, "Only distinct plate texts count toward the fee: a second photo of a plate the contributor already sent earns no credit.", _bool),
     Setting("LOGIN_MAX_FAILURES", 10, "Failed log-ins for one email from one address within 15 minutes before that pair must wait (`rate_limited`); an address gets 30 times as many for unknown emails, an account 10 times as many across addresses.", _positive_int),
     Setting("REGISTRATIONS_PER_ADDRESS", 30, "Registrations from one address within 10 minutes (`rate_limited` beyond). An address may be a whole wifi.", _positive_int),
     Setting("UPLOADS_PER_MINUTE", 60, "Upload requests per account per minute (`rate_limited` beyond), counted before the body is read.", _positive_int),

@@ -8,7 +8,7 @@ from flask import Blueprint, Response, abort, flash, redirect, render_template, 
 from flask_login import current_user, login_required
 from sqlalchemy import func, or_, select
 
-from . import credits, reports, review, services
+from . import credits, jobs, reports, review, services
 from .auth import EmptyForm
 from .models import Photo, UploadRejection, User
 
@@ -55,6 +55,9 @@ def index():
     cq = _contributor_query()
     users, total = reports.contributors(session, quota, cq)
     series, before = reports.accepted_per_hour(session)
+    if before == 0:  # start at the first hour with photos (keeping six hours at least), not 40 empty ones
+        first = next((i for i, (_, n) in enumerate(series) if n), len(series))
+        series = series[max(min(first, len(series) - 6), 0):]
     return render_template(
         "dashboard.html", stats=reports.stats(session, quota), users=users, total=total, cq=cq,
         pages=max((total + cq.per_page - 1) // cq.per_page, 1), chart=reports.chart_svg(series, before),
@@ -84,7 +87,9 @@ def contributor(user_id: int):
     ).all()
     check = credits.check_pass(session, user.id, svc.settings["QUOTA"])
     token = credits.pass_token(svc.settings["SECRET_KEY"], user.id)
+    distinct, repeats = jobs.distinct_plates(session, user.id)
     return render_template("contributor.html", person=user, photos=photos, rejected=rejected, check=check, token=token,
+                           distinct_plates=distinct, repeat_plates=repeats,
                            code=credits.short_code(svc.settings["SECRET_KEY"], user.id), form=EmptyForm(), reasons=review.REASONS)
 
 
@@ -94,18 +99,23 @@ def review_grid():
     name = request.args.get("filter", "")
     name = name if name in review.FILTERS else ""
     page = _int_arg("page")
-    photos, total = review.review_page(services().db.session, name, page)
+    session = services().db.session
+    photos, total = review.review_page(session, name, page)
+    ids = [p.id for p in photos]
     return render_template("review.html", photos=photos, total=total, page=page, pages=max((total + 47) // 48, 1),
-                           filter=name, filters=review.FILTERS, reasons=review.REASONS, form=EmptyForm())
+                           filter=name, filters=review.FILTERS, reasons=review.REASONS, form=EmptyForm(),
+                           plates=jobs.plates_of(session, ids), reads=jobs.reads_of(session, ids))
 
 
 @bp.route("/dashboard/photos/<int:photo_id>")
 @organiser_required
 def photo(photo_id: int):
-    p = services().db.session.get(Photo, photo_id)
+    session = services().db.session
+    p = session.get(Photo, photo_id)
     if p is None:
         abort(404)
-    return render_template("photo.html", photo=p, reasons=review.REASONS, form=EmptyForm())
+    return render_template("photo.html", photo=p, reasons=review.REASONS, form=EmptyForm(),
+                           plates=jobs.plates_of(session, [p.id])[p.id], read=jobs.reads_of(session, [p.id]).get(p.id))
 
 
 def _back(photo_id: int):
@@ -131,7 +141,8 @@ def _review_action(photo_id: int, action, done: str, unchanged: str, **kwargs):
 @bp.route("/dashboard/photos/<int:photo_id>/reject", methods=["POST"])
 @organiser_required
 def reject(photo_id: int):
-    return _review_action(photo_id, review.reject, "Photo rejected: the contributor's count went down by one.",
+    return _review_action(photo_id, review.reject, "Photo rejected: the contributor's count went down by one. "
+                          "Press Restore on the photo to undo.",
                           "That photo was already rejected.", reason=request.form.get("reason", ""))
 
 
@@ -147,6 +158,34 @@ def restore(photo_id: int):
 def flag(photo_id: int):
     return _review_action(photo_id, review.flag, "Photo flagged: it still counts, and the export leaves it out unless asked.",
                           "Only an accepted photo can be flagged.")
+
+
+@bp.route("/dashboard/photos/<int:photo_id>/plate", methods=["POST"])
+@organiser_required
+def plate_text(photo_id: int):
+    """An organiser's plate text: kept, audited, and it wins over the machine's."""
+    svc = services()
+    if svc.db.session.get(Photo, photo_id) is None:
+        abort(404)
+    try:
+        text = jobs.correct(svc.db, photo_id, current_user.id, request.form.get("text", ""), svc.settings)
+    except jobs.PlateError as exc:
+        flash(str(exc), "error")
+    else:
+        flash(f"Plate text set to {text}.", "info")
+    return _back(photo_id)
+
+
+@bp.route("/dashboard/photos/<int:photo_id>/plate/approve", methods=["POST"])
+@organiser_required
+def plate_approve(photo_id: int):
+    """A photo without a readable plate is fine after all: a credit held for it comes back."""
+    svc = services()
+    if svc.db.session.get(Photo, photo_id) is None:
+        abort(404)
+    done = jobs.approve(svc.db, photo_id, current_user.id, svc.settings)
+    flash("Approved: the photo counts." if done else "That photo's plate has not been read yet.", "info")
+    return _back(photo_id)
 
 
 # -- the door ---------------------------------------------------------------------------------
@@ -169,11 +208,16 @@ def lookup():
 
 
 @bp.route("/checkin/<token>", methods=["GET", "POST"])
-@organiser_required
+@login_required
 def checkin(token: str):
     svc = services()
     quota = svc.settings["QUOTA"]
     user_id = credits.user_id_from_token(svc.settings["SECRET_KEY"], token)
+    if not current_user.is_organiser:
+        # An attendee who opened their own QR link: tell them what it is for, not "Forbidden".
+        if user_id == current_user.id and request.method == "GET":
+            return render_template("own_pass.html")
+        abort(403, "This is someone else's meetup pass. Only organisers at the door can check passes.")
     just_now = False
     if request.method == "POST" and user_id is not None:
         form = EmptyForm()

@@ -30,7 +30,7 @@ FORMATS = ("imagefolder", "coco", "csv")
 SPLITS = ("train", "validation", "test")
 CHECKSUMS = "SHA256SUMS"
 FIELDS = ["file_name", "sha256", "source_sha256", "width", "height", "captured_at", "camera_make", "camera_model",
-          "contributor", "licence", "perceptual_hash", "split"]
+          "contributor", "licence", "perceptual_hash", "split", "plates"]
 # Photos closer than this are kept in one split even when different people sent them: they
 # passed intake (so they are beyond the near-duplicate threshold) but may show the same car.
 GROUP_RADIUS = dedup.INDEX_RADIUS
@@ -248,6 +248,7 @@ def export(db, storage, out: Path, options: Options, secret: str, licence: str, 
                 "_id": p.id,
             })
 
+    _add_plates(db, records)
     obsolete = [rel for rel in old if rel not in written_sums and not _is_manifest(rel)]
     summary.removed = len(obsolete)
     if options.dry_run:
@@ -271,6 +272,21 @@ def export(db, storage, out: Path, options: Options, secret: str, licence: str, 
             folder.rmdir()
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _add_plates(db, records: list[dict]) -> None:
+    """Each record's plates: text, box [x, y, w, h] in the image's pixels (as displayed) and
+    source (machine: read by the OCR; organiser: typed or corrected by a person)."""
+    from . import jobs
+
+    with db.Session() as session:
+        plates = jobs.plates_of(session, [r["_id"] for r in records])
+    for r in records:
+        r["_plates"] = [{"text": p.text, "box": list(p.box) if p.box else None, "source": p.source}
+                        for p in plates[r["_id"]]]
+        # A JSON string, like the other fields a string in every split: a list of objects would
+        # let each split's metadata file infer its own type (no plates, a plate without a box).
+        r["plates"] = json.dumps(r["_plates"], separators=(",", ":"))
 
 
 def _is_manifest(rel: str) -> bool:
@@ -297,12 +313,28 @@ def _manifests(options: Options, records: list[dict], licence: str, summary: Sum
                      "date_created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")},
             "licenses": [{"id": 1, "name": licence}],
             "images": images,
-            "categories": [{"id": 1, "name": "licence_plate", "supercategory": "vehicle"}],
-            "annotations": [],
+            "categories": [{"id": 1, "name": "plate", "supercategory": "vehicle"}],
+            "annotations": _coco_annotations(records),
         }
         files["annotations.json"] = json.dumps(coco, indent=1).encode()
     files["README.md"] = dataset_card(options, public, licence, summary).encode()
     return files
+
+
+def _coco_annotations(records: list[dict]) -> list[dict]:
+    """One `plate` box per plate, as CVAT writes rectangles (empty segmentation, attributes as a
+    dict) so CVAT and Label Studio's COCO import take them as pre-annotations; plates an
+    organiser typed without a box have no annotation (their text is in the image's metadata)."""
+    out = []
+    for r in records:
+        for p in r["_plates"]:
+            if not p["box"]:
+                continue
+            x, y, w, h = p["box"]
+            out.append({"id": len(out) + 1, "image_id": r["_id"], "category_id": 1, "bbox": [x, y, w, h],
+                        "area": w * h, "iscrowd": 0, "segmentation": [],
+                        "attributes": {"text": p["text"], "source": p["source"], "occluded": False}})
+    return out
 
 
 def _csv(rows: list[dict]) -> str:
@@ -367,6 +399,11 @@ other, are in the same split, so no person or scene leaks between splits. Ratios
 | licence | the licence of the image |
 | perceptual_hash | the 256-bit PDQ hash, hex |
 | split | train, validation or test |
+| plates | the number plates in the image, as a JSON list of objects: `text` (letters and digits, upper case), `box` [x, y, width, height] in pixels (null when a person typed the text without a box), `source` (`machine` or `organiser`) |
+
+## Plates
+
+{_plates_section(rows)}
 
 ## Privacy
 
@@ -382,3 +419,23 @@ high-quality JPEG with their orientation applied.
 {load}
 ```
 """
+
+
+def _plates_section(rows: list[dict]) -> str:
+    from .plates import READ_SIDE
+
+    per_image = [json.loads(r.get("plates") or "[]") for r in rows]
+    plates = [p for ps in per_image for p in ps]
+    with_plate = sum(1 for ps in per_image if ps)
+    confirmed = sum(1 for p in plates if p["source"] == "organiser")
+    return (
+        f"Plates were read by machine, after upload, with RapidOCR (PP-OCRv6 text detection and recognition, "
+        f"ONNX) on each photo reduced to {READ_SIDE} pixels on its long side: a text line of 4-10 letters and digits "
+        f"with at least one of each (or 7-8 digits), recognised with a score of at least 0.7, in a box at least "
+        f"1.5 times wider than tall; two stacked lines of similar width are one plate. Organisers could correct "
+        f"the text or type it where the machine found none; their text replaces the machine's.\n\n"
+        f"- Images with at least one plate: {with_plate} of {len(rows)}\n"
+        f"- Plates: {len(plates)}, of which {confirmed} were typed or corrected by a person "
+        f"and {len(plates) - confirmed} are the machine's reading, not checked by a person\n"
+        f"- COCO: one `plate` box per plate, with the text and its source as attributes"
+    )

@@ -225,3 +225,88 @@ class RateCounter(Base):
     key: Mapped[str] = mapped_column(String(300), primary_key=True)
     window_start: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class ResumableUpload(Base):
+    """One tus upload in progress (or finished, kept until it expires so a lost reply can be
+    asked for again). The state lives here so any worker on any machine can take the next
+    PATCH; the bytes live on the shared storage as one part object per PATCH (see resumable.py).
+    """
+
+    __tablename__ = "resumable_uploads"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # random, in the upload URL
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    length: Mapped[int] = mapped_column(BigInteger)
+    offset: Mapped[int] = mapped_column(BigInteger, default=0)
+    # The end offset of each stored part, comma-separated, in order: "1048576,2097152,..."
+    parts: Mapped[str] = mapped_column(String(2000), default="")
+    filename: Mapped[str] = mapped_column(String(255))
+    sha256: Mapped[str | None] = mapped_column(String(64))  # as declared by the client, if any
+    # receiving | finishing (one worker runs intake) | done (verdict kept)
+    state: Mapped[str] = mapped_column(String(20), default="receiving")
+    verdict: Mapped[str | None] = mapped_column(String(4000))  # the verdict as JSON
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class PlateRead(Base):
+    """The plate job of one photo and its outcome. A credited photo without a row is pending.
+
+    A worker claims a photo by writing this row (``state`` reading, a random ``claim`` token and
+    ``claimed_at``); the result is written only by the holder of that token, in the transaction
+    that moves the state on, so a photo is never written twice. A lease older than the worker's
+    lease time is claimed again: a worker killed mid-photo leaves the photo to another.
+    """
+
+    __tablename__ = "plate_reads"
+
+    photo_id: Mapped[int] = mapped_column(ForeignKey("photos.id", ondelete="CASCADE"), primary_key=True)
+    state: Mapped[str] = mapped_column(String(10))  # reading | found | none | error
+    claim: Mapped[str] = mapped_column(String(32))
+    worker: Mapped[str] = mapped_column(String(100))
+    claimed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+    read_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    cpu_ms: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(String(300))
+    # Why the photo's credit is held back (no_plate | repeat_plate), None when it counts.
+    credit_held: Mapped[str | None] = mapped_column(String(20))
+    # An organiser looked at it: approved a photo without a plate, or corrected the text.
+    reviewed_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    # Another contributor's photo with the same plate text and a box of the same shape.
+    similar_to_id: Mapped[int | None] = mapped_column(Integer)
+
+    __table_args__ = (Index("ix_plate_reads_state_claimed", "state", "claimed_at"),)
+
+
+class PhotoPlate(Base):
+    """One plate in one photo: its box in the oriented photo's pixels and its text.
+
+    ``text`` is the text that counts: an organiser's correction when there is one (``source``
+    organiser), else the machine's. The machine's own reading stays in ``machine_text``.
+    """
+
+    __tablename__ = "photo_plates"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    photo_id: Mapped[int] = mapped_column(ForeignKey("photos.id", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(Integer)  # 0 = the best plate of the photo
+    x: Mapped[int | None] = mapped_column(Integer)
+    y: Mapped[int | None] = mapped_column(Integer)
+    w: Mapped[int | None] = mapped_column(Integer)
+    h: Mapped[int | None] = mapped_column(Integer)
+    machine_text: Mapped[str | None] = mapped_column(String(20))
+    score: Mapped[float | None] = mapped_column(Float)
+    text: Mapped[str] = mapped_column(String(20))
+    source: Mapped[str] = mapped_column(String(10))  # machine | organiser
+
+    __table_args__ = (
+        Index("ux_photo_plates_photo_position", "photo_id", "position", unique=True),
+        Index("ix_photo_plates_text", "text"),
+    )
+
+    @property
+    def box(self) -> tuple[int, int, int, int] | None:
+        return None if self.x is None else (self.x, self.y, self.w, self.h)

@@ -6,7 +6,7 @@ from flask import Blueprint, abort, flash, render_template, request, send_file, 
 from flask_login import current_user, login_required
 from sqlalchemy import select
 
-from . import services
+from . import jobs, services
 from .auth import EmptyForm
 from .credits import progress_of
 from .imaging import MIME_TYPES
@@ -71,7 +71,9 @@ def photos():
         .limit(200)
     ).all()
     progress = progress_of(session, current_user.id, svc.settings["QUOTA"])
-    return render_template("photos.html", photos=mine, rejected=rejected, progress=progress, reasons=REASONS)
+    ids = [p.id for p in mine]
+    return render_template("photos.html", photos=mine, rejected=rejected, progress=progress, reasons=REASONS,
+                           plates=jobs.plates_of(session, ids), reads=jobs.reads_of(session, ids))
 
 
 def _visible_photo(photo_id: int) -> Photo:

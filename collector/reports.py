@@ -43,6 +43,7 @@ def stats(session, quota: int) -> dict:
         "rejected_attempts": sum(by_code.values()),
         "rejected_by_code": dict(sorted(by_code.items(), key=lambda kv: -kv[1])),
         "rejected_in_review": dict(sorted(((k or "other"), v) for k, v in review.items())),
+        "plates": _plate_counts(session),
     }
 
 
@@ -164,3 +165,9 @@ def chart_svg(series: list[tuple[dt.datetime, int]], before: int, width: int = 7
     parts.append(f'<text x="{width - 8}" y="{pad_t + 10}" text-anchor="end" class="tick cum">total {total}</text>')
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _plate_counts(session) -> dict[str, int]:
+    from . import jobs  # jobs -> credits -> reports: imported when first needed
+
+    return jobs.counts(session)

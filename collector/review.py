@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from sqlalchemy import func, or_, select, update
 
-from . import checks, credits, reports
+from . import checks, credits, jobs, reports
 from .models import Photo, ReviewAction
 
 REASONS = {
@@ -37,7 +37,8 @@ def reject(db, photo_id: int, organiser_id: int, reason: str, note: str | None =
         ).rowcount
         if changed:
             user_id, created = tx.execute(select(Photo.user_id, Photo.created_at).where(Photo.id == photo_id)).one()
-            credits.adjust(tx, user_id, -1, created)
+            if not jobs.clear_hold(tx, photo_id, organiser_id):  # a credit the plate policy held back is gone already
+                credits.adjust(tx, user_id, -1, created)
             tx.add(ReviewAction(photo_id=photo_id, organiser_id=organiser_id, action="reject", reason=reason, note=note))
         return bool(changed)
 
@@ -85,7 +86,7 @@ def filter_condition(name: str):
         return Photo.burst.is_(True)
     if name in ("rejected", "flagged"):
         return Photo.status == name
-    return None
+    return jobs.filter_condition(name)
 
 
 FILTERS = {
@@ -96,6 +97,7 @@ FILTERS = {
     "burst": "Taken in a burst (within 2 s)",
     "flagged": "Flagged",
     "rejected": "Rejected in review",
+    **jobs.FILTERS,
 }
 
 

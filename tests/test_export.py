@@ -106,7 +106,7 @@ def test_imagefolder_loads_in_datasets_with_every_field(runner, collection, tmp_
     ds = load_dataset("imagefolder", data_dir=str(out))
     assert sum(len(ds[s]) for s in ds) == 19
     expected = ["image", "sha256", "source_sha256", "width", "height", "captured_at", "camera_make", "camera_model",
-                "contributor", "licence", "perceptual_hash", "split"]
+                "contributor", "licence", "perceptual_hash", "split", "plates"]
     for split in ds:
         assert list(ds[split].features) == expected
         row = ds[split][0]
@@ -268,7 +268,7 @@ def test_coco_format(runner, collection, tmp_path):
     out = tmp_path / "coco"
     run_export(runner, out, "--format", "coco")
     coco = json.loads((out / "annotations.json").read_text())
-    assert coco["categories"] == [{"id": 1, "name": "licence_plate", "supercategory": "vehicle"}]
+    assert coco["categories"] == [{"id": 1, "name": "plate", "supercategory": "vehicle"}]
     assert coco["annotations"] == [] and len(coco["images"]) == 19
     img = coco["images"][0]
     assert {"id", "file_name", "width", "height", "date_captured"} <= set(img)
