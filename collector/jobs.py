@@ -25,6 +25,7 @@ no extra service, and on PostgreSQL any number of workers on any number of machi
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import secrets
 import signal
@@ -397,8 +398,9 @@ def read_one(db, storage, claim: Claim, settings: dict, deadline_s: float = DEAD
         error = f"reading took longer than {deadline_s:g} s"
     except FileNotFoundError:
         error = "the photo's file is missing from storage"
-    except (OSError, ValueError, SyntaxError, MemoryError) as exc:
+    except Exception as exc:  # noqa: BLE001 - one photo's failure (Pillow, OpenCV, onnxruntime) is that photo's error
         error = f"{type(exc).__name__}: {exc}"
+        logging.getLogger(__name__).warning("plate reading failed on photo %s: %s", claim.photo_id, error)
     cpu_ms = round((time.process_time() - t0) * 1000)
     ok = finish(db, claim, found, cpu_ms, settings, error)
     return ("error" if error else ("found" if found else "none")) if ok else "lost"
