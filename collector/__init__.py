@@ -81,7 +81,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.extensions["collector"] = Collector(settings, db, storage, intake)
     app.teardown_appcontext(lambda exc: db.session.remove())
 
-    from . import api, auth, cli, dashboard, errors, pages, security
+    from . import api, auth, cli, dashboard, errors, pages, resumable, security
 
     security.init_app(app)  # its guard runs before CSRFProtect reads a form
     csrf.init_app(app)
@@ -95,6 +95,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(api.bp)
     app.register_blueprint(dashboard.bp)
     csrf.exempt(api.bp)  # the API checks CSRF itself when a session (not a token) authenticates
+    resumable.init_app(app)  # tus uploads; checks CSRF itself like the API
     errors.init_app(app)
     cli.init_app(app)
 

@@ -4,7 +4,19 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from flask import Blueprint, abort, current_app, flash, g, redirect, render_template, request, session, url_for
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    flash,
+    g,
+    make_response,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 from flask_login import current_user, login_required, login_user, logout_user
 from flask_wtf import FlaskForm
 from sqlalchemy import select
@@ -91,6 +103,8 @@ def login():
                 field = current_app.config.get("WTF_CSRF_FIELD_NAME", "csrf_token")
                 session.pop(field, None)
                 g.pop(field, None)
+                if not request.args.get("next") and user.is_organiser:
+                    return redirect(url_for("dashboard.index"))  # organisers work from the dashboard
                 return redirect(_safe_next(request.args.get("next")))
             form.password.errors.append("Wrong email or password.")
             status = 401
@@ -118,7 +132,11 @@ def _render_account(new_token: str | None = None):
 @bp.route("/account")
 @login_required
 def account():
-    return _render_account()
+    new_token = session.pop("new_token", None)
+    response = make_response(_render_account(new_token))
+    if new_token:
+        response.headers["Cache-Control"] = "no-store"  # the secret must not be kept anywhere
+    return response
 
 
 @bp.route("/account/tokens", methods=["POST"])
@@ -129,8 +147,11 @@ def create_token():
     except accounts.TooManyTokens as exc:
         flash(str(exc), "error")
         return _render_account(), 422
-    # Shown once, on this response only: the database keeps a hash.
-    return _render_account(new.token), 201
+    # Post-redirect-get: a reload shows the list and creates nothing. The secret rides in the
+    # (signed, HttpOnly) session cookie to the next page only, which shows it once and drops it;
+    # the database keeps a hash.
+    session["new_token"] = new.token
+    return redirect(url_for("auth.account"), 303)
 
 
 @bp.route("/account/tokens/<int:token_id>/revoke", methods=["POST"])

@@ -41,6 +41,26 @@ def create_user(email: str, name: str, organiser: bool, password_stdin: bool) ->
     click.echo(f"created {role} {user.email} (id {user.id})", err=True)
 
 
+@users.command("password")
+@click.argument("email")
+@click.option("--password-stdin", is_flag=True, help="Read the new password from the first line of standard input.")
+def set_password(email: str, password_stdin: bool) -> None:
+    """Set a new password for EMAIL; every earlier session and remember cookie stops working."""
+    svc = services()
+    user = accounts.user_by_email(svc.db.session, email)
+    if user is None:
+        raise click.ClickException(f"no account with email {email}")
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("New password", hide_input=True, confirmation_prompt=True)
+    try:
+        accounts.set_password(svc.db, user.id, password)
+    except accounts.AccountError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"new password set for {user.email}; every earlier session of the account has ended", err=True)
+
+
 @users.command("token")
 @click.argument("email")
 def create_token(email: str) -> None:

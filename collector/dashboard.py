@@ -55,6 +55,9 @@ def index():
     cq = _contributor_query()
     users, total = reports.contributors(session, quota, cq)
     series, before = reports.accepted_per_hour(session)
+    if before == 0:  # start at the first hour with photos (keeping six hours at least), not 40 empty ones
+        first = next((i for i, (_, n) in enumerate(series) if n), len(series))
+        series = series[max(min(first, len(series) - 6), 0):]
     return render_template(
         "dashboard.html", stats=reports.stats(session, quota), users=users, total=total, cq=cq,
         pages=max((total + cq.per_page - 1) // cq.per_page, 1), chart=reports.chart_svg(series, before),
@@ -138,7 +141,8 @@ def _review_action(photo_id: int, action, done: str, unchanged: str, **kwargs):
 @bp.route("/dashboard/photos/<int:photo_id>/reject", methods=["POST"])
 @organiser_required
 def reject(photo_id: int):
-    return _review_action(photo_id, review.reject, "Photo rejected: the contributor's count went down by one.",
+    return _review_action(photo_id, review.reject, "Photo rejected: the contributor's count went down by one. "
+                          "Press Restore on the photo to undo.",
                           "That photo was already rejected.", reason=request.form.get("reason", ""))
 
 
@@ -204,11 +208,16 @@ def lookup():
 
 
 @bp.route("/checkin/<token>", methods=["GET", "POST"])
-@organiser_required
+@login_required
 def checkin(token: str):
     svc = services()
     quota = svc.settings["QUOTA"]
     user_id = credits.user_id_from_token(svc.settings["SECRET_KEY"], token)
+    if not current_user.is_organiser:
+        # An attendee who opened their own QR link: tell them what it is for, not "Forbidden".
+        if user_id == current_user.id and request.method == "GET":
+            return render_template("own_pass.html")
+        abort(403, "This is someone else's meetup pass. Only organisers at the door can check passes.")
     just_now = False
     if request.method == "POST" and user_id is not None:
         form = EmptyForm()

@@ -22,6 +22,7 @@ process (``python -I collector/decoding.py``) starts small without the web appli
 
 from __future__ import annotations
 
+import atexit
 import io
 import json
 import logging
@@ -636,6 +637,8 @@ class _Decoder:
             return "the decoder closed its pipe"
         if rc == -signal.SIGXCPU:
             return "cpu"
+        if rc == -signal.SIGKILL:
+            return "killed"  # not by us: the kernel's OOM killer, or an operator
         return f"the decoder exited with {rc}"
 
     def kill(self) -> None:
@@ -724,6 +727,10 @@ class DecoderPool:
                     self._drop(d)
                     if str(exc) == "cpu":
                         raise Refused("too_complex", "the decode needed more CPU time than an honest file of its size") from None
+                    if str(exc) == "killed":
+                        # Not remembered as `corrupt` against the file: the machine may be short
+                        # of memory rather than the file hostile.
+                        raise Refused("too_complex", "the decoder process was killed during the decode") from None
                     if attempt == 1 and d.tasks > 0 and "gone" in str(exc):
                         continue  # it had died while idle: one retry on a fresh one
                     # Killed by the memory limit, or crashed in a decoder library on this file.
@@ -809,6 +816,7 @@ def close_pools() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(close_pools)  # a worker that exits stops its decoders (they would on EOF too)
 
 
 if __name__ == "__main__":

@@ -120,7 +120,7 @@ def displayed_size(width: int, height: int, orientation: int) -> tuple[int, int]
 # Defaults of the DECODE_* settings (collector/config.py), for callers without settings.
 DECODE_PROCESSES = 1
 DECODE_MEMORY_MB = 320
-DECODE_CPU_SECONDS = 4
+DECODE_CPU_SECONDS = 6
 
 
 def decode(

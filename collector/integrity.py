@@ -15,6 +15,7 @@ from .models import Photo, utcnow
 from .storage import StoredObject
 
 QUARANTINE = "quarantine/"
+PARTIAL = "partial/"  # resumable uploads in progress: resumable.py owns and cleans them
 
 
 @dataclass
@@ -68,7 +69,7 @@ def check_storage(db, storage, fix: bool = False, grace: dt.timedelta = dt.timed
             referenced[key] = pid
             referenced[thumb] = pid
             report.rows += 1
-    objects = {o.key: o for o in storage.list() if not o.key.startswith(QUARANTINE)}
+    objects = {o.key: o for o in storage.list() if not o.key.startswith((QUARANTINE, PARTIAL))}
     report.objects = len(objects)
     report.missing = sorted((pid, key) for key, pid in referenced.items() if key not in objects)
     report.orphans = sorted((o for key, o in objects.items() if key not in referenced), key=lambda o: o.key)

@@ -227,6 +227,30 @@ class RateCounter(Base):
     count: Mapped[int] = mapped_column(Integer, default=0)
 
 
+class ResumableUpload(Base):
+    """One tus upload in progress (or finished, kept until it expires so a lost reply can be
+    asked for again). The state lives here so any worker on any machine can take the next
+    PATCH; the bytes live on the shared storage as one part object per PATCH (see resumable.py).
+    """
+
+    __tablename__ = "resumable_uploads"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # random, in the upload URL
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    length: Mapped[int] = mapped_column(BigInteger)
+    offset: Mapped[int] = mapped_column(BigInteger, default=0)
+    # The end offset of each stored part, comma-separated, in order: "1048576,2097152,..."
+    parts: Mapped[str] = mapped_column(String(2000), default="")
+    filename: Mapped[str] = mapped_column(String(255))
+    sha256: Mapped[str | None] = mapped_column(String(64))  # as declared by the client, if any
+    # receiving | finishing (one worker runs intake) | done (verdict kept)
+    state: Mapped[str] = mapped_column(String(20), default="receiving")
+    verdict: Mapped[str | None] = mapped_column(String(4000))  # the verdict as JSON
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
+
+
 class PlateRead(Base):
     """The plate job of one photo and its outcome. A credited photo without a row is pending.
 

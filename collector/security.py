@@ -23,7 +23,7 @@ SMALL_BODY = MIB  # log-in, registration, dashboard buttons
 MAX_FORM_FILES = 30  # the plain upload form (pages.upload)
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 PUBLIC_ENDPOINTS = frozenset({"auth.login", "auth.register", "auth.logout"})
-UPLOAD_ENDPOINTS = frozenset({"pages.upload", "api.upload_photo"})
+UPLOAD_ENDPOINTS = frozenset({"pages.upload", "api.upload_photo", "resumable.create"})  # a tus upload counts at creation
 SMALL_BLUEPRINTS = frozenset({"auth", "dashboard"})
 
 CSP = "; ".join([

@@ -39,6 +39,7 @@ SEND_TIMEOUT = 60.0  # seconds a client may take to accept one 64 KiB chunk of t
 DRAIN_LIMIT = 256 * 1024  # a refused body this small is read and dropped, so the answer arrives intact
 DRAIN_TIMEOUT = 2.0
 CHUNK = 64 * 1024
+SMALL_BODY = 1024 * 1024  # the most a GET may carry
 
 
 class Protocol(H11Protocol):
@@ -145,7 +146,10 @@ class BufferedWSGI:
             return
         loop = asyncio.get_running_loop()
         environ = _environ(scope)
-        refusal, limit = await loop.run_in_executor(self.pool, self._gate, environ)
+        if scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            refusal, limit = None, SMALL_BODY  # nothing to refuse from the headers: no thread hop
+        else:
+            refusal, limit = await loop.run_in_executor(self.pool, self._gate, environ)
         environ["collector.gated"] = True  # the app's own guard need not count this request again
         if refusal is not None:
             declared = int(environ.get("CONTENT_LENGTH") or 0)
@@ -238,7 +242,10 @@ class BufferedWSGI:
 class Worker(UvicornWorker):
     """gunicorn worker class: ``-k collector.server.Worker`` (see gunicorn.conf.py)."""
 
-    CONFIG_KWARGS = {"loop": "asyncio", "http": Protocol, "interface": "asgi3", "lifespan": "off"}
+    # proxy_headers off: whether X-Forwarded-For is believed is COLLECTOR_TRUSTED_PROXIES's call alone
+    # (uvicorn would otherwise believe it from any connection off 127.0.0.1).
+    CONFIG_KWARGS = {"loop": "asyncio", "http": Protocol, "interface": "asgi3", "lifespan": "off",
+                     "proxy_headers": False, "server_header": False}
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

@@ -75,9 +75,8 @@ def test_register_then_upload_many_files_with_per_file_verdicts(svc, live_server
     pics = tmp_path / "pictures"
     files = [photos.write(pics, "canon"), photos.write(pics, "iphone"), photos.write(pics, "large"), bad, photos.write(pics, "small")]
     page.set_input_files("#photo-input", [str(f) for f in files])
-    # locator waits, not wait_for_function: the page's CSP (no eval) holds for the test's scripts too
-    expect(page.locator("#queue .item:not(.verdict-pending)")).to_have_count(5, timeout=30000)
-    items = {page.locator("#queue .item").nth(i).locator(".name").text_content(): page.locator("#queue .item").nth(i)
+    expect(page.locator(".job:not(.verdict-pending)")).to_have_count(5, timeout=30000)
+    items = {page.locator(".job").nth(i).locator(".name").text_content(): page.locator(".job").nth(i)
              for i in range(5)}
     assert "verdict-accepted" in items["canon.jpg"].get_attribute("class")
     assert "verdict-rejected" in items["notes.txt"].get_attribute("class")
@@ -89,7 +88,10 @@ def test_register_then_upload_many_files_with_per_file_verdicts(svc, live_server
 
     # the same photo again: a retry, not an error
     page.set_input_files("#photo-input", [str(files[0])])
-    expect(page.locator("#queue .item").first).to_have_class(re.compile("verdict-already_uploaded"))
+    expect(page.locator(".job")).to_have_count(6)
+    last = page.locator("#queue .job").last
+    expect(last).to_have_class(re.compile("verdict-accepted"))
+    assert "already counted" in last.text_content()
 
     page.goto(live_server + "/photos")
     assert page.locator(".tile").count() == 3

@@ -241,6 +241,20 @@ def test_finding_14_follow_up_requests_after_an_early_refusal_all_work(server):
     assert status == 401 and headers["connection"] == "close" and b"HTTP/1.1" not in rest
 
 
+def test_forwarded_for_is_not_believed_unless_configured(server):
+    """X-Forwarded-For from a client (loopback here) must not pick the address the limits count."""
+    port, _ = server
+    base = f"http://127.0.0.1:{port}"
+    with requests.Session() as http:
+        codes = []
+        for i in range(11):
+            token = csrf_from(http.get(f"{base}/login", timeout=10).text)
+            r = http.post(f"{base}/login", data={"csrf_token": token, "email": "ann@example.com", "password": "wrong password!"},
+                          headers={"X-Forwarded-For": f"198.51.100.{i}"}, allow_redirects=False, timeout=10)
+            codes.append(r.status_code)
+    assert codes == [401] * 10 + [429]
+
+
 # --- finding 8: parts -----------------------------------------------------------------------
 
 
@@ -357,7 +371,7 @@ def test_finding_10_api_tokens_per_account(settings):
         auth = Auth(client)
         auth.register()
         for _ in range(2):
-            assert client.post("/account/tokens", data={"csrf_token": auth.csrf()}).status_code == 201
+            assert client.post("/account/tokens", data={"csrf_token": auth.csrf()}).status_code == 303  # post-redirect-get
         r = client.post("/account/tokens", data={"csrf_token": auth.csrf()})
         assert r.status_code == 422 and "revoke one" in r.get_data(as_text=True)
     finally:
@@ -397,6 +411,15 @@ def test_finding_11_password_change_ends_earlier_sessions(app, client, auth, svc
     assert with_cookies(app, stolen).get("/photos").status_code == 302
     assert client.get("/photos").status_code == 302
     assert auth.login(password="a brand new passphrase").status_code == 302
+
+
+def test_finding_11_password_change_from_the_command_line(app, client, auth, runner):
+    auth.register()
+    stolen = cookies_of(client)
+    r = runner.invoke(args=["users", "password", "ann@example.com", "--password-stdin"], input="another long passphrase\n")
+    assert r.exit_code == 0, r.output
+    assert with_cookies(app, stolen).get("/photos").status_code == 302
+    assert auth.login(password="another long passphrase").status_code == 302
 
 
 def test_finding_11_csrf_token_is_rotated_at_log_in(client, auth, make_user):
@@ -485,26 +508,42 @@ def test_finding_13_export_csv_neutralises_formulas(svc, make_user, submit, runn
 # --- finding 15, the web's side: database faults answer 503 with Retry-After ------------------
 
 
-def test_finding_15_locked_sqlite_answers_503_with_retry_after(app, client, svc, make_user):
-    if not svc.db.is_sqlite:
-        pytest.skip("a locked SQLite file is a SQLite matter")
-    user = make_user()
+def test_finding_15_a_locked_database_answers_503_with_retry_after(app, client, auth, svc):
+    """SQLite: another process holds the write lock. PostgreSQL: another session holds the intake lock."""
+    from sqlalchemy import create_engine, text
+
+    from collector.db import INTAKE_LOCK
+
+    auth.register()
+    with svc.db.Session() as session:
+        user = accounts.user_by_email(session, "ann@example.com")
     token = accounts.create_token(svc.db, user.id).token
-    holder = sqlite3.connect(svc.db.url.database, timeout=0)
-    holder.execute("BEGIN IMMEDIATE")  # another process holding the write lock
+    csrf = auth.csrf()
+    if svc.db.is_sqlite:
+        holder = sqlite3.connect(svc.db.url.database, timeout=0)
+        holder.execute("BEGIN IMMEDIATE")
+        release = holder.rollback
+    else:
+        engine = create_engine(svc.db.url)
+        holder = engine.connect()
+        holder.begin()
+        holder.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": INTAKE_LOCK})
+        release = holder.rollback
     try:
         r = client.post("/api/v1/photos", **multipart(plate_photo(5, (800, 600))), headers={"Authorization": f"Bearer {token}"})
         assert r.status_code == 503 and r.json["code"] == "service_unavailable" and int(r.headers["Retry-After"]) > 0
-        assert "not recorded" in r.json["message"]
-        html = client.get("/register").get_data(as_text=True)
-        r = client.post("/register", data={"csrf_token": csrf_from(html), "name": "Bo", "email": "bo@example.com",
-                                           "password": PASSWORD, "consent": "y"})
+        assert "busy" in r.json["message"] and "not recorded" in r.json["message"]
+        r = client.post("/upload", **multipart(plate_photo(6, (800, 600)), csrf_token=csrf))
         page = r.get_data(as_text=True)
         assert r.status_code == 503 and r.headers["Retry-After"] and "database is busy" in page
         assert "Nothing you sent was lost" not in page
     finally:
-        holder.rollback()
+        release()
         holder.close()
+        if not svc.db.is_sqlite:
+            engine.dispose()
+    r = client.post("/api/v1/photos", **multipart(plate_photo(5, (800, 600))), headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 201  # and once the lock is gone, the same photo goes in
 
 
 def test_finding_15_unreachable_postgresql_answers_503_with_retry_after(app, svc, make_user):

@@ -163,11 +163,16 @@ def test_api_me_lists_photos_and_rejections(client, token):
 def test_revoked_token_stops_working(client, auth, svc):
     auth.register()
     r = client.post("/account/tokens", data={"csrf_token": auth.csrf()})
-    assert r.status_code == 201
-    tok = csrf_from_token_page(r.get_data(as_text=True))
+    assert r.status_code == 303 and r.headers["Location"].endswith("/account")  # post-redirect-get
+    page = client.get("/account")
+    html = page.get_data(as_text=True)
+    tok = csrf_from_token_page(html)
+    assert page.headers["Cache-Control"] == "no-store"
+    assert html.count("active</td>") == 1  # the new token is in the list
     h = {"Authorization": f"Bearer {tok}"}
     assert client.get("/api/v1/me", headers=h).status_code == 200
-    assert tok not in client.get("/account").get_data(as_text=True)  # shown once
+    again = client.get("/account").get_data(as_text=True)  # a reload: shown once, nothing created
+    assert tok not in again and again.count("active</td>") == 1
     with svc.db.Session() as s:
         from collector.models import ApiToken
 

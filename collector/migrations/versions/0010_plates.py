@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = '0010_plates'
-down_revision = '0007_web'  # "0004" in the brief; re-chained after merging main, which added 0005 and 0007_web
+down_revision = '0009_phone'  # "0004" in the brief; re-chained at merge after 0005, 0007_web, 0009_phone
 branch_labels = None
 depends_on = None
 
