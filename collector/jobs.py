@@ -382,9 +382,11 @@ def read_one(db, storage, claim: Claim, settings: dict, deadline_s: float = DEAD
     error = None
     t0 = time.process_time()
     try:
+        # The bytes first: a storage read is bounded by the photo's size and the store's own
+        # timeouts, and an alarm must not land between opening a file and closing it.
+        with storage.open(photo.storage_key) as fh:
+            data = fh.read(photo.size_bytes + 1)
         with deadline(deadline_s):
-            with storage.open(photo.storage_key) as fh:
-                data = fh.read(photo.size_bytes + 1)
             image = plates.open_photo(data, photo.format, photo.orientation, settings["MAX_PIXELS"])
             sx, sy = photo.width / image.width, photo.height / image.height
             for p in plates.reader().read(image):
