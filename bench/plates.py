@@ -61,13 +61,12 @@ def load(path: Path):
     """The photo as displayed: orientation applied, JPEG decoded at reduced scale (draft)."""
     from PIL import Image, ImageOps
 
-    from collector import imaging, plates
-    imaging._register_heif()
+    from collector import plates
+    plates._register_heif()
     with Image.open(path) as im:
         if im.format in ("JPEG", "MPO"):
             im.draft("RGB", (plates.READ_SIDE, plates.READ_SIDE))
-        im = ImageOps.exif_transpose(im)
-        return imaging._to_rgb(im)
+        return ImageOps.exif_transpose(im).convert("RGB")
 
 
 class DefaultReader:

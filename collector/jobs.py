@@ -25,6 +25,7 @@ no extra service, and on PostgreSQL any number of workers on any number of machi
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import secrets
 import signal
@@ -381,9 +382,11 @@ def read_one(db, storage, claim: Claim, settings: dict, deadline_s: float = DEAD
     error = None
     t0 = time.process_time()
     try:
+        # The bytes first: a storage read is bounded by the photo's size and the store's own
+        # timeouts, and an alarm must not land between opening a file and closing it.
+        with storage.open(photo.storage_key) as fh:
+            data = fh.read(photo.size_bytes + 1)
         with deadline(deadline_s):
-            with storage.open(photo.storage_key) as fh:
-                data = fh.read(photo.size_bytes + 1)
             image = plates.open_photo(data, photo.format, photo.orientation, settings["MAX_PIXELS"])
             sx, sy = photo.width / image.width, photo.height / image.height
             for p in plates.reader().read(image):
@@ -397,8 +400,9 @@ def read_one(db, storage, claim: Claim, settings: dict, deadline_s: float = DEAD
         error = f"reading took longer than {deadline_s:g} s"
     except FileNotFoundError:
         error = "the photo's file is missing from storage"
-    except (OSError, ValueError, SyntaxError, MemoryError) as exc:
+    except Exception as exc:  # noqa: BLE001 - one photo's failure (Pillow, OpenCV, onnxruntime) is that photo's error
         error = f"{type(exc).__name__}: {exc}"
+        logging.getLogger(__name__).warning("plate reading failed on photo %s: %s", claim.photo_id, error)
     cpu_ms = round((time.process_time() - t0) * 1000)
     ok = finish(db, claim, found, cpu_ms, settings, error)
     return ("error" if error else ("found" if found else "none")) if ok else "lost"

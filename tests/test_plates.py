@@ -120,6 +120,12 @@ def test_open_photo_applies_orientation_and_reduces():
         plates.open_photo(buf.getvalue(), "JPEG", 6, 1000)
 
 
+def test_open_photo_reads_heic_as_displayed():
+    data = corpus("exif", "heic", "IMG_5195.HEIC").read_bytes()
+    out = plates.open_photo(data, "HEIF", 1, 120_000_000)
+    assert out.mode == "RGB" and max(out.size) <= plates.READ_SIDE and min(out.size) > 100
+
+
 def test_the_reader_loads_its_models_from_the_wheel():
     import rapidocr
 

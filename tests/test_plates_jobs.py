@@ -92,6 +92,14 @@ def test_a_photo_missing_from_storage_is_an_error_not_a_crash(svc, make_user):
     assert read.state == "error" and "missing" in read.error
 
 
+def test_a_photo_over_its_deadline_is_an_error(svc, make_user):
+    ann = make_user()
+    pid = _accept(svc, ann, _plate(["AB-123-CD"], 8))
+    assert _run(svc, deadline_s=0.001) == 1
+    read = _read(svc, pid)
+    assert read.state == "error" and "longer than" in read.error
+
+
 def test_an_expired_lease_is_claimed_again_and_the_old_holder_cannot_write(svc, make_user):
     ann = make_user()
     pid = _accept(svc, ann, _plate(["AB-123-CD"], 5))
