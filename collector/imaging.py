@@ -73,17 +73,11 @@ def sniff(head: bytes) -> tuple[str | None, str | None]:
     return None, None
 
 
-class DecodeError(Exception):
+class DecodeError(decoding.Refused):
     """The file could not be decoded; ``code`` is the reason code (`corrupt`, `too_many_pixels`,
     `too_complex`), ``pixels`` the pixel count it declares when known, ``limit`` the pixel limit
-    that applied to it (`too_many_pixels`), ``detail`` what was wrong, for logs."""
-
-    def __init__(self, code: str, detail: str = "", pixels: int | None = None, limit: int | None = None):
-        super().__init__(detail or code)
-        self.code = code
-        self.detail = detail or code
-        self.pixels = pixels
-        self.limit = limit
+    that applied to it (`too_many_pixels`), ``detail`` what was wrong, for logs. (The decoder
+    process raises its parent, ``decoding.Refused``, which cannot import this package.)"""
 
 
 @dataclass
