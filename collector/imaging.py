@@ -18,7 +18,6 @@ from PIL import Image
 
 from . import decoding
 
-ALLOWED = ("JPEG", "PNG", "WEBP", "HEIF")
 EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "HEIF": "heic"}
 MIME_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "HEIF": "image/heic"}
 _HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1", b"mif2"}
@@ -82,7 +81,7 @@ class DecodeError(decoding.Refused):
 
 @dataclass
 class Decoded:
-    format: str  # one of ALLOWED
+    format: str  # one of EXTENSIONS
     stored_width: int  # as stored, before orientation
     stored_height: int
     small: Image.Image  # RGB as stored (orientation not applied unless orientation_applied), long side <= HASH_SIDE
