@@ -208,11 +208,11 @@ class Intake:
             if near is not None and near.distance <= s["NEAR_DUPLICATE_DISTANCE"]:
                 if verdict := self.decide(session, user_id, up.sha256, ins.fingerprint.variants, described).verdict:
                     return verdict
-        stored = self._store(user_id, up, ins)
+        stored = self._store(user_id, up, ins, described)
         if isinstance(stored, Verdict):
             return stored
         try:
-            return self._commit(user_id, up, ins, stored, filename)
+            return self._commit(user_id, up, ins, described, stored, filename)
         except Refused as refused:
             if not refused.decision.exact:
                 self._discard(stored)
@@ -266,7 +266,7 @@ class Intake:
             return replace(refused(reject("near_duplicate", whose=whose), metadata=described), near=near)
         return Decision(near=near)
 
-    def _store(self, user_id: int, up: Spooled, ins: Inspection) -> Stored | Verdict:
+    def _store(self, user_id: int, up: Spooled, ins: Inspection, described: dict) -> Stored | Verdict:
         """Original, then thumbnail, under content-derived keys; nothing is kept unless both are."""
         key, tkey = photo_key(up.sha256, imaging.EXTENSIONS[ins.format]), thumb_key(up.sha256)
         created: list[str] = []
@@ -277,11 +277,11 @@ class Intake:
                 created.append(tkey)
         except StorageUnavailable:
             self._discard(Stored(key, tkey, tuple(created)))
-            return self._rejected(user_id, reject("storage_unavailable"), up.sha256, ins.describe())
+            return self._rejected(user_id, reject("storage_unavailable"), up.sha256, described)
         return Stored(key, tkey, tuple(created))
 
-    def _commit(self, user_id: int, up: Spooled, ins: Inspection, stored: Stored, filename: str) -> Verdict:
-        described = ins.describe()
+    def _commit(self, user_id: int, up: Spooled, ins: Inspection, described: dict, stored: Stored,
+                filename: str) -> Verdict:
         meta, fp = ins.metadata, ins.fingerprint
         with self.db.write_transaction() as tx:
             # The same questions again, now that no other worker can insert in between.
@@ -330,10 +330,8 @@ class Intake:
         with self.db.Session() as session:
             return progress_of(session, user_id, self.settings["QUOTA"])
 
-    def _rejected(self, user_id: int, rejection: Rejection, sha256: str | None = None, described: dict | None = None,
-                  session: Session | None = None) -> Verdict:
-        progress = progress_of(session, user_id, self.settings["QUOTA"]) if session else self.progress(user_id)
-        return Verdict("rejected", rejection.code, rejection.message, progress, sha256=sha256, metadata=described)
+    def _rejected(self, user_id: int, rejection: Rejection, sha256: str | None = None, described: dict | None = None) -> Verdict:
+        return Verdict("rejected", rejection.code, rejection.message, self.progress(user_id), sha256=sha256, metadata=described)
 
     def record_rejection(self, user_id: int, code: str, message: str, filename: str, sha256: str | None, size: int | None) -> None:
         with self.db.write_transaction(lock=False) as tx:
