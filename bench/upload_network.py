@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import shutil
 import sys
 import tempfile
 import threading
@@ -36,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 from werkzeug.serving import make_server  # noqa: E402
 
 from collector import create_app  # noqa: E402
+from tests.chromium import ARGS, CHROMIUM  # noqa: E402
 from tests.phone_photos import phone_photo  # noqa: E402
 
 PROFILES = {
@@ -98,8 +98,7 @@ def run_profile(name: str, files: list[Path], chromium: str, data: Path) -> dict
     n = len(files)
     try:
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu",
-                                         "--disable-background-networking", "--disable-component-update"])
+            browser = pw.chromium.launch(executable_path=chromium, args=ARGS)
             context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
             page = context.new_page()
             page.on("dialog", lambda d: d.accept())
@@ -159,7 +158,7 @@ def main() -> None:
     args = p.parse_args()
     if args.full:
         args.photos, args.size = 25, "phone"
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    chromium = CHROMIUM
     if not chromium:
         sys.exit("needs Debian's chromium (apt-get install chromium)")
     with tempfile.TemporaryDirectory(prefix="upload-network-", ignore_cleanup_errors=True) as tmp:

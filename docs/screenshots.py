@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import re
-import shutil
 import sys
 import tempfile
 import threading
@@ -23,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 from werkzeug.serving import make_server  # noqa: E402
 
 from collector import create_app  # noqa: E402
+from tests.chromium import ARGS, CHROMIUM  # noqa: E402
 from tests.phone_photos import phone_photo  # noqa: E402
 
 SIZES = {"phone": {"width": 390, "height": 844}, "desktop": {"width": 1100, "height": 760}}
@@ -45,7 +45,7 @@ def shoot(kind: str, folder: Path, chromium: str) -> None:
     files.insert(3, small)
     try:
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+            browser = pw.chromium.launch(executable_path=chromium, args=ARGS)
             context = browser.new_context(viewport=SIZES[kind], is_mobile=kind == "phone", has_touch=kind == "phone",
                                           device_scale_factor=1)
             page = context.new_page()
@@ -89,7 +89,7 @@ def shoot(kind: str, folder: Path, chromium: str) -> None:
 
 
 def main() -> None:
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    chromium = CHROMIUM
     if not chromium:
         sys.exit("needs Debian's chromium (apt-get install chromium)")
     with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp:

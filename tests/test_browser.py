@@ -3,49 +3,29 @@ server on loopback. Skips, saying so, where no Chromium is installed (CI install
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import threading
 
 import pytest
-from werkzeug.serving import make_server
 
-from . import photos
+from . import chromium, photos
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.browser
 
-if not CHROMIUM:
-    if os.environ.get("COLLECTOR_REQUIRE_BROWSER"):
-        raise RuntimeError("COLLECTOR_REQUIRE_BROWSER is set but no chromium is installed")
-    pytest.skip("no chromium on this machine (apt-get install chromium)", allow_module_level=True)
+chromium.require()
 
 
 @pytest.fixture
 def live_server(app):
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(5)
+    with chromium.serve(app) as url:
+        yield url
 
 
 @pytest.fixture
 def page():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run", "--disable-quic"],
-        )
+    with chromium.launch() as browser:
         context = browser.new_context(viewport={"width": 390, "height": 844})  # a phone
         yield context.new_page()
         context.close()
-        browser.close()
 
 
 def register(page, base):
@@ -101,11 +81,7 @@ def test_register_then_upload_many_files_with_per_file_verdicts(svc, live_server
 
 
 def test_upload_page_works_without_javascript(svc, live_server, tmp_path):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu",
-                                     "--disable-background-networking", "--disable-component-update"])
+    with chromium.launch() as browser:
         context = browser.new_context(java_script_enabled=False)
         page = context.new_page()
         register(page, live_server)
@@ -116,4 +92,3 @@ def test_upload_page_works_without_javascript(svc, live_server, tmp_path):
         assert page.locator(".verdict-accepted").count() == 2
         assert page.text_content("#progress-count") == "2"
         context.close()
-        browser.close()

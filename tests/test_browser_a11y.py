@@ -5,25 +5,18 @@ the phone's screen."""
 from __future__ import annotations
 
 import io
-import os
 import re
-import shutil
-import threading
 from pathlib import Path
 
 import pytest
-from werkzeug.serving import make_server
 
+from . import chromium
 from .phone_photos import phone_photo
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.browser
 AXE = (Path(__file__).parent / "vendor" / "axe.min.js").read_text()
 
-if not CHROMIUM:
-    if os.environ.get("COLLECTOR_REQUIRE_BROWSER"):
-        raise RuntimeError("COLLECTOR_REQUIRE_BROWSER is set but no chromium is installed")
-    pytest.skip("no chromium on this machine (apt-get install chromium)", allow_module_level=True)
+chromium.require()
 
 SIZES = {"phone": {"width": 390, "height": 844}, "desktop": {"width": 1280, "height": 800}}
 PASSWORD = "correct horse battery"
@@ -43,13 +36,8 @@ def site(app, svc, make_user):
     review.reject(svc.db, ids[0], org.id, reason="unreadable", note="blurred")
     secret = svc.settings["SECRET_KEY"]
     credits.ensure_pass_code(svc.db, secret, ann.id)
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield {"url": f"http://127.0.0.1:{server.server_port}", "ann": ann, "org": org, "photos": ids,
-           "token": credits.pass_token(secret, ann.id), "svc": svc}
-    server.shutdown()
-    thread.join(5)
+    with chromium.serve(app) as url:
+        yield {"url": url, "ann": ann, "org": org, "photos": ids, "token": credits.pass_token(secret, ann.id), "svc": svc}
 
 
 def check(page, url: str, found: dict) -> None:
@@ -83,13 +71,9 @@ def log_in(page, base, email):
 
 @pytest.mark.parametrize("size", SIZES)
 def test_every_page_passes_axe(site, size, tmp_path):
-    from playwright.sync_api import sync_playwright
-
     base = site["url"]
     found: dict[str, list[str]] = {}
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu",
-                                     "--disable-background-networking", "--disable-component-update"])
+    with chromium.launch() as browser:
         anon = browser.new_context(viewport=SIZES[size], bypass_csp=True)
         page = anon.new_page()
         for path in ("/", "/login", "/register", "/no-such-page"):
@@ -138,5 +122,4 @@ def test_every_page_passes_axe(site, size, tmp_path):
             button.click()
         assert photo_status(site, pid) == "rejected"
         organiser.close()
-        browser.close()
     assert not found, "\n".join(f"{url}: {v}" for url, vs in found.items() for v in vs)

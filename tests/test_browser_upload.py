@@ -4,24 +4,18 @@ real server on loopback that counts the upload bytes it reads and sends a strict
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import threading
 import time
 
 import pytest
-from werkzeug.serving import make_server
 
+from . import chromium
 from .phone_photos import phone_photo
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.browser
 
-if not CHROMIUM:
-    if os.environ.get("COLLECTOR_REQUIRE_BROWSER"):
-        raise RuntimeError("COLLECTOR_REQUIRE_BROWSER is set but no chromium is installed")
-    pytest.skip("no chromium on this machine (apt-get install chromium)", allow_module_level=True)
+chromium.require()
 
 PHONE = {"width": 390, "height": 844}
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; worker-src 'self'; "
@@ -88,27 +82,15 @@ class Server:
 def server(app):
     counting = Server(app.wsgi_app)
     app.wsgi_app = counting
-    srv = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    counting.url = f"http://127.0.0.1:{srv.server_port}"
-    yield counting
-    srv.shutdown()
-    thread.join(5)
+    with chromium.serve(app) as url:
+        counting.url = url
+        yield counting
 
 
 @pytest.fixture
 def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run", "--disable-quic"],
-        )
+    with chromium.launch() as b:
         yield b
-        b.close()
 
 
 class Phone:
