@@ -33,7 +33,6 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -41,11 +40,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sqlalchemy import create_engine, text  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
+from sqlalchemy import text  # noqa: E402
 
 from collector import dedup  # noqa: E402
 from collector.db import Database  # noqa: E402
+from tests.scratch_db import scratch_database  # noqa: E402
 
 CHUNK = 250_000
 
@@ -287,19 +286,11 @@ def main() -> None:
                 results.append(run("SQLite", db, seed_sqlite, kind, args.rows, args.queries, say))
                 db.dispose()
         if not args.no_postgres:
-            name = f"collector_bench_{uuid.uuid4().hex[:8]}"
-            admin = create_engine(args.postgres, isolation_level="AUTOCOMMIT")
-            with admin.connect() as conn:
-                conn.execute(text(f'CREATE DATABASE "{name}"'))
-            try:
-                db = Database(make_url(args.postgres).set(database=name).render_as_string(hide_password=False))
+            with scratch_database(args.postgres, "collector_bench") as url:
+                db = Database(url)
                 db.migrate()
                 results.append(run("PostgreSQL", db, seed_postgres, kind, args.rows, args.queries, say))
                 db.dispose()
-            finally:
-                with admin.connect() as conn:
-                    conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-                admin.dispose()
     if args.json:
         print(json.dumps({"benchmark": "dedup_lookup", "results": results}, indent=2))
 

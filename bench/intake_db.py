@@ -35,12 +35,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sqlalchemy import create_engine, event, insert, text  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
+from sqlalchemy import event, insert  # noqa: E402
 
 from collector import accounts, create_app, credits, dedup  # noqa: E402
 from collector.intake import mark_burst  # noqa: E402
 from collector.models import Photo, utcnow  # noqa: E402
+from tests.scratch_db import scratch_database  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
 from dedup_lookup import hexes, random_words  # noqa: E402
@@ -203,18 +203,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         run("SQLite", {"DATA_DIR": tmp, "SECRET_KEY": "bench", "MAX_PHOTOS": 10**6}, args.uploads, args.stored)
     if not args.no_postgres:
-        name = f"collector_bench_{uuid.uuid4().hex[:8]}"
-        admin = create_engine(args.postgres, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        try:
-            with tempfile.TemporaryDirectory() as tmp:
-                url = make_url(args.postgres).set(database=name).render_as_string(hide_password=False)
-                run("PostgreSQL", {"DATA_DIR": tmp, "DATABASE_URL": url, "SECRET_KEY": "bench", "MAX_PHOTOS": 10**6}, args.uploads, args.stored)
-        finally:
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            admin.dispose()
+        with scratch_database(args.postgres, "collector_bench") as url, tempfile.TemporaryDirectory() as tmp:
+            run("PostgreSQL", {"DATA_DIR": tmp, "DATABASE_URL": url, "SECRET_KEY": "bench", "MAX_PHOTOS": 10**6}, args.uploads, args.stored)
 
 
 if __name__ == "__main__":

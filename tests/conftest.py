@@ -3,6 +3,7 @@ an ``app`` on it with a temporary storage folder, a ``client``, a ``runner``, an
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
@@ -11,10 +12,11 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from collector import create_app
 from collector.models import Base
+
+from .scratch_db import scratch_database
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
@@ -113,15 +115,8 @@ def pg_database(pg_admin_url):
     if pg_admin_url is None:
         yield None
         return
-    name = f"collector_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(pg_admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(pg_admin_url).set(database=name).render_as_string(hide_password=False)
-    yield url
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with scratch_database(pg_admin_url, "collector_test") as url:
+        yield url
 
 
 @pytest.fixture
@@ -161,6 +156,34 @@ def wait_for_port(port: int, proc=None, timeout: float = 30.0) -> None:
         except OSError:
             time.sleep(0.1)
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+@contextlib.contextmanager
+def gunicorn(settings: dict, log_path: Path, workers: int, threads: int, **env: str):
+    """The app served as `make run` serves it (gunicorn.conf.py, `app:app`) on a free loopback
+    port, configured through the environment from the test's ``settings`` plus ``env``
+    (COLLECTOR_* names); yields the port. A traceback in the server's log fails the test."""
+    import subprocess
+    import sys
+
+    port = free_port()
+    environ = dict(os.environ, COLLECTOR_SECRET_KEY="test-secret", **env)
+    for name in ("DATABASE_URL", "STORAGE_URL", "DATA_DIR", "S3_ENDPOINT_URL"):
+        if settings.get(name):
+            environ[f"COLLECTOR_{name}"] = str(settings[name])
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "gunicorn"), "--config", "gunicorn.conf.py", "--workers", str(workers),
+             "--threads", str(threads), "--bind", f"127.0.0.1:{port}", "app:app"],
+            cwd=ROOT, env=environ, stdout=log, stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_for_port(port, proc, timeout=60)
+            yield port
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    assert b"Traceback" not in log_path.read_bytes(), log_path.read_text()[-3000:]
 
 
 @pytest.fixture(scope="session")

@@ -3,12 +3,8 @@ and one object store, racing on the same photos."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 import requests
@@ -19,7 +15,7 @@ from collector.models import Photo, User
 from collector.storage import photo_key, thumb_key
 
 from . import images, photos
-from .conftest import ROOT, free_port, multipart, wait_for_port
+from .conftest import free_port, gunicorn, multipart
 from .synthetic import plate_photo
 
 
@@ -59,29 +55,8 @@ def test_unreachable_store_refuses_upload_with_retry_later(settings, monkeypatch
 def workers(s3_settings, tmp_path, request):
     """gunicorn with 4 worker processes on loopback, sharing the test's database and bucket,
     loaded the way a deployment loads it (`gunicorn app:app`, settings from the environment)."""
-    port = free_port()
-    env = dict(os.environ)
-    env.update(
-        COLLECTOR_DATABASE_URL=s3_settings["DATABASE_URL"],
-        COLLECTOR_STORAGE_URL=s3_settings["STORAGE_URL"],
-        COLLECTOR_S3_ENDPOINT_URL=s3_settings["S3_ENDPOINT_URL"],
-        COLLECTOR_DATA_DIR=s3_settings["DATA_DIR"],
-        COLLECTOR_SECRET_KEY="test-secret",
-    )
-    log = open(tmp_path / "gunicorn.log", "wb")
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "gunicorn"), "--config", "gunicorn.conf.py", "--workers", "4", "--threads", "4",
-         "--bind", f"127.0.0.1:{port}", "app:app"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    try:
-        wait_for_port(port, proc, timeout=60)
+    with gunicorn(s3_settings, tmp_path / "gunicorn.log", workers=4, threads=4) as port:
         yield f"http://127.0.0.1:{port}", request.getfixturevalue("svc")  # for users and reading back the truth
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        log.close()
-        assert b"Traceback" not in (tmp_path / "gunicorn.log").read_bytes(), (tmp_path / "gunicorn.log").read_text()[-3000:]
 
 
 def tokens_for(svc, n):

@@ -12,11 +12,8 @@ import io
 import os
 import socket
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import requests
@@ -26,7 +23,7 @@ from collector import accounts, create_app
 from collector.db import Database
 from collector.models import Photo
 
-from .conftest import ROOT, Auth, csrf_from, free_port, multipart, wait_for_port
+from .conftest import ROOT, Auth, csrf_from, free_port, gunicorn, multipart
 from .synthetic import plate_photo
 
 PASSWORD = "correct horse battery"
@@ -62,36 +59,17 @@ class Unreadable(io.RawIOBase):
 def server(settings, tmp_path):
     """gunicorn as `make run` starts it, 1 process x 2 app threads (easy to exhaust with threads
     per connection), short header and body deadlines; users made through the same database."""
-    port = free_port()
-    env = dict(os.environ)
-    env.update(
-        COLLECTOR_DATABASE_URL=settings["DATABASE_URL"],
-        COLLECTOR_STORAGE_URL=settings["STORAGE_URL"],
-        COLLECTOR_DATA_DIR=settings["DATA_DIR"],
-        COLLECTOR_SECRET_KEY="test-secret",
-        COLLECTOR_HEADER_TIMEOUT="2",
-        COLLECTOR_BODY_TIMEOUT="8",
-    )
     app = create_app(settings)
     svc = app.extensions["collector"]
     ann = accounts.create_user(svc.db, "ann@example.com", "Ann", PASSWORD, "CC BY 4.0")
     slow = accounts.create_user(svc.db, "slow@example.com", "Slow", PASSWORD, "CC BY 4.0")
     tokens = {"ann": accounts.create_token(svc.db, ann.id).token, "slow": accounts.create_token(svc.db, slow.id).token}
-    log = open(tmp_path / "server.log", "wb")
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "gunicorn"), "--config", "gunicorn.conf.py", "--workers", "1", "--threads", "2",
-         "--bind", f"127.0.0.1:{port}", "app:create_app()"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
     try:
-        wait_for_port(port, proc, timeout=60)
-        yield port, tokens
+        with gunicorn(settings, tmp_path / "server.log", workers=1, threads=2,
+                      COLLECTOR_HEADER_TIMEOUT="2", COLLECTOR_BODY_TIMEOUT="8") as port:
+            yield port, tokens
     finally:
-        proc.terminate()
-        proc.wait(30)
-        log.close()
         svc.db.dispose()
-        assert b"Traceback" not in (tmp_path / "server.log").read_bytes(), (tmp_path / "server.log").read_text()[-3000:]
 
 
 def upload_head(port: int, token: str | None, length: int, path: str = "/api/v1/photos") -> bytes:
