@@ -15,6 +15,7 @@ import hmac
 import json
 import os
 import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,14 +38,20 @@ GROUP_RADIUS = dedup.INDEX_RADIUS
 EXIF_DATE = "%Y:%m:%d %H:%M:%S"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Options:
+    """What to export and how; ``secret`` (the pseudonyms' key) and ``licence`` (the one
+    contributors agreed to) come from the app's settings."""
+
+    secret: str
+    licence: str
     format: str = "imagefolder"
     split: tuple[int, int, int] = (80, 10, 10)
     since: dt.datetime | None = None
     include_flagged: bool = False
     keep_gps: bool = False
     dry_run: bool = False
+    progress: Callable[[list], Iterable] | None = None  # wraps the photos as they are done (a progress bar)
 
 
 @dataclass
@@ -186,92 +193,135 @@ def _relative_path(fmt: str, split: str, file_name: str) -> str:
     return f"{split}/{file_name}" if fmt == "imagefolder" else f"images/{file_name}"
 
 
-def export(db, storage, out: Path, options: Options, secret: str, licence: str, progress=None) -> Summary:
+@dataclass
+class Planned:
+    """One photo of the plan: where it goes in the export."""
+
+    photo: Photo
+    file_name: str
+    rel: str  # path inside the export folder
+    target: Path
+
+
+@dataclass
+class Plan:
+    items: list[Planned]
+    pseudonyms: dict[int, str]  # user id -> contributor pseudonym
+    splits: dict[int, str]  # photo id -> split
+
+
+def export(db, storage, out: Path, options: Options) -> Summary:
+    """Plan, write the new images, then the manifests and SHA256SUMS, then remove what no
+    longer belongs: each phase only starts when the previous one is safely done."""
     started = time.perf_counter()
-    summary = Summary()
+    plan = plan_export(db, out, options)
+    summary = Summary(planned=len(plan.items))
+    for item in plan.items:
+        split = plan.splits[item.photo.id]
+        summary.per_split[split] = summary.per_split.get(split, 0) + 1
+    old = _read_checksums(out)
+    records, sums, written = _write_images(storage, plan, old, options, summary)
+    _add_plates(db, records)
+    obsolete = [rel for rel in old if rel not in sums and not _is_manifest(rel)]
+    summary.removed = len(obsolete)
+    if not options.dry_run:
+        _sync(written, out)  # every new image is on disk before a manifest names it
+        _write_manifests(out, options, records, sums, old, summary)
+        _remove(out, obsolete)  # last: the new manifests no longer name these files
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def plan_export(db, out: Path, options: Options) -> Plan:
+    """Which photos, in which split, under which file names."""
     with db.Session() as session:
         photos = select_photos(session, options)
-    pseudonyms = {uid: pseudonym(secret, uid) for uid in {p.user_id for p in photos}}
+    pseudonyms = {uid: pseudonym(options.secret, uid) for uid in {p.user_id for p in photos}}
     splits = assign_splits(photos, pseudonyms, options.split)
-    summary.planned = len(photos)
-    for p in photos:
-        summary.per_split[splits[p.id]] = summary.per_split.get(splits[p.id], 0) + 1
-
-    old = _read_checksums(out)
-    records: list[dict] = []
-    written_sums: dict[str, str] = {}
-    written: list[Path] = []
-    plan = []
+    items = []
     for p in photos:
         ext = "jpg" if p.format in ("JPEG", "HEIF") else p.format.lower()
         file_name = f"{p.sha256}.{ext}"
         rel = _relative_path(options.format, splits[p.id], file_name)
-        plan.append((p, file_name, rel, out / rel))
+        items.append(Planned(p, file_name, rel, out / rel))
+    return Plan(items, pseudonyms, splits)
+
+
+def _write_images(storage, plan: Plan, old: dict[str, str], options: Options,
+                  summary: Summary) -> tuple[list[dict], dict[str, str], list[Path]]:
+    """Write the images that are not already in place: (records, checksums, paths written)."""
+    records: list[dict] = []
+    sums: dict[str, str] = {}
+    written: list[Path] = []
     # Reading, rewriting, hashing and writing release the GIL (file I/O, OpenSSL's SHA-256 on
     # large buffers, Pillow for HEIF): a few threads keep both the disk and the cores busy.
     # SHA-256 of the exported bytes is the largest part of the work without SHA-NI.
     with ThreadPoolExecutor(WRITERS) as pool:
         jobs = {
-            p.id: pool.submit(_write_image, storage, p, target, options)
-            for p, _, rel, target in plan
-            if not options.dry_run and not (rel in old and target.exists())
+            item.photo.id: pool.submit(_write_image, storage, item.photo, item.target, options)
+            for item in plan.items
+            if not options.dry_run and not (item.rel in old and item.target.exists())
         }
-        iterator = progress(plan) if progress else plan
-        for p, file_name, rel, target in iterator:
+        for item in options.progress(plan.items) if options.progress else plan.items:
             if options.dry_run:
                 digest = ""
-            elif p.id not in jobs:
-                digest = old[rel]  # written by an earlier run and listed in its checksums
+            elif item.photo.id not in jobs:
+                digest = old[item.rel]  # written by an earlier run and listed in its checksums
                 summary.skipped += 1
             else:
-                digest, size = jobs[p.id].result()
-                written.append(target)
+                digest, size = jobs[item.photo.id].result()
+                written.append(item.target)
                 summary.written += 1
                 summary.bytes_written += size
-            written_sums[rel] = digest
-            records.append({
-                "file_name": file_name if options.format == "imagefolder" else rel,
-                "sha256": digest,
-                "source_sha256": p.sha256,
-                "width": p.width,
-                "height": p.height,
-                # Strings throughout, "" when unknown: ML loaders infer a type per metadata file, and
-                # a split whose photos all lack a date would otherwise get a different schema.
-                # EXIF's own format also keeps Arrow from guessing a timestamp type in one split only.
-                "captured_at": p.captured_at.strftime(EXIF_DATE) if p.captured_at else "",
-                "camera_make": p.camera_make or "",
-                "camera_model": p.camera_model or "",
-                "contributor": pseudonyms[p.user_id],
-                "licence": licence,
-                "perceptual_hash": p.pdq,
-                "split": splits[p.id],
-                "_id": p.id,
-            })
+            sums[item.rel] = digest
+            records.append(_record(item, digest, plan, options))
+    return records, sums, written
 
-    _add_plates(db, records)
-    obsolete = [rel for rel in old if rel not in written_sums and not _is_manifest(rel)]
-    summary.removed = len(obsolete)
-    if options.dry_run:
-        summary.seconds = time.perf_counter() - started
-        return summary
 
-    _sync(written, out)  # every new image is on disk before a manifest names it
-    manifests = _manifests(options, records, licence, summary)
+def _record(item: Planned, digest: str, plan: Plan, options: Options) -> dict:
+    p = item.photo
+    return {
+        "file_name": item.file_name if options.format == "imagefolder" else item.rel,
+        "sha256": digest,
+        "source_sha256": p.sha256,
+        "width": p.width,
+        "height": p.height,
+        # Strings throughout, "" when unknown: ML loaders infer a type per metadata file, and
+        # a split whose photos all lack a date would otherwise get a different schema.
+        # EXIF's own format also keeps Arrow from guessing a timestamp type in one split only.
+        "captured_at": p.captured_at.strftime(EXIF_DATE) if p.captured_at else "",
+        "camera_make": p.camera_make or "",
+        "camera_model": p.camera_model or "",
+        "contributor": plan.pseudonyms[p.user_id],
+        "licence": options.licence,
+        "perceptual_hash": p.pdq,
+        "split": plan.splits[p.id],
+        "_id": p.id,
+    }
+
+
+def _write_manifests(out: Path, options: Options, records: list[dict], sums: dict[str, str],
+                     old: dict[str, str], summary: Summary) -> None:
+    """The manifests and the card, then SHA256SUMS naming every file (each replaced atomically);
+    manifests of another format left by an earlier run go."""
+    manifests = _manifests(options, records, summary)
     for rel, data in manifests.items():
-        written_sums[rel] = hashlib.sha256(data).hexdigest()
+        sums[rel] = hashlib.sha256(data).hexdigest()
         _atomic_write(out / rel, data)
     for stale in [rel for rel in old if _is_manifest(rel) and rel not in manifests]:
         (out / stale).unlink(missing_ok=True)
-    lines = "".join(f"{digest}  {rel}\n" for rel, digest in sorted(written_sums.items()))
+    lines = "".join(f"{digest}  {rel}\n" for rel, digest in sorted(sums.items()))
     _atomic_write(out / CHECKSUMS, lines.encode())
-    for rel in obsolete:  # last: the new manifests no longer name these files
+
+
+def _remove(out: Path, obsolete: list[str]) -> None:
+    """Files no manifest names any more, then the split folders they leave empty."""
+    for rel in obsolete:
         (out / rel).unlink(missing_ok=True)
     for split in SPLITS + ("images",):
         folder = out / split
         if folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()
-    summary.seconds = time.perf_counter() - started
-    return summary
 
 
 def _add_plates(db, records: list[dict]) -> None:
@@ -293,7 +343,7 @@ def _is_manifest(rel: str) -> bool:
     return rel.endswith(("metadata.jsonl", "annotations.json", "manifest.csv", "README.md"))
 
 
-def _manifests(options: Options, records: list[dict], licence: str, summary: Summary) -> dict[str, bytes]:
+def _manifests(options: Options, records: list[dict], summary: Summary) -> dict[str, bytes]:
     files: dict[str, bytes] = {}
     public = [{k: v for k, v in r.items() if not k.startswith("_")} for r in records]
     if options.format == "imagefolder":
@@ -311,13 +361,13 @@ def _manifests(options: Options, records: list[dict], licence: str, summary: Sum
         coco = {
             "info": {"description": "Plate Collector number-plate photos", "version": dt.date.today().isoformat(),
                      "date_created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")},
-            "licenses": [{"id": 1, "name": licence}],
+            "licenses": [{"id": 1, "name": options.licence}],
             "images": images,
             "categories": [{"id": 1, "name": "plate", "supercategory": "vehicle"}],
             "annotations": _coco_annotations(records),
         }
         files["annotations.json"] = json.dumps(coco, indent=1).encode()
-    files["README.md"] = dataset_card(options, public, licence, summary).encode()
+    files["README.md"] = dataset_card(options, public, summary).encode()
     return files
 
 
@@ -348,7 +398,8 @@ def _csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def dataset_card(options: Options, rows: list[dict], licence: str, summary: Summary) -> str:
+def dataset_card(options: Options, rows: list[dict], summary: Summary) -> str:
+    licence = options.licence
     dates = sorted(r["captured_at"].replace(":", "-", 2) for r in rows if r["captured_at"])
     contributors = len({r["contributor"] for r in rows})
     counts = "\n".join(f"| {s} | {summary.per_split.get(s, 0)} |" for s in SPLITS)
