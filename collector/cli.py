@@ -194,6 +194,7 @@ def export_dataset(out_dir: Path, fmt: str, split: str, since, include_flagged: 
         format=fmt, split=ratios, since=since.replace(tzinfo=dt.UTC) if since else None,
         include_flagged=include_flagged, keep_gps=keep_gps, dry_run=dry_run,
         secret=svc.settings["SECRET_KEY"], licence=svc.settings["LICENCE"],
+        near_duplicate_distance=svc.settings["NEAR_DUPLICATE_DISTANCE"],
         progress=lambda items: tqdm(items, desc="export", unit="photo", file=sys.stderr, disable=None),
     )
     out_dir.mkdir(parents=True, exist_ok=True) if not dry_run else None

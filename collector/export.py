@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import jinja2
 from sqlalchemy import select
 
 from . import dedup
@@ -40,11 +43,13 @@ EXIF_DATE = "%Y:%m:%d %H:%M:%S"
 
 @dataclass(kw_only=True)
 class Options:
-    """What to export and how; ``secret`` (the pseudonyms' key) and ``licence`` (the one
-    contributors agreed to) come from the app's settings."""
+    """What to export and how. From the app's settings: ``secret`` (the pseudonyms' key),
+    ``licence`` (the one contributors agreed to) and ``near_duplicate_distance`` (intake's
+    threshold, which the dataset card states)."""
 
     secret: str
     licence: str
+    near_duplicate_distance: int
     format: str = "imagefolder"
     split: tuple[int, int, int] = (80, 10, 10)
     since: dt.datetime | None = None
@@ -399,94 +404,60 @@ def _csv(rows: list[dict]) -> str:
 
 
 def dataset_card(options: Options, rows: list[dict], summary: Summary) -> str:
-    licence = options.licence
-    dates = sorted(r["captured_at"].replace(":", "-", 2) for r in rows if r["captured_at"])
-    contributors = len({r["contributor"] for r in rows})
-    counts = "\n".join(f"| {s} | {summary.per_split.get(s, 0)} |" for s in SPLITS)
-    load = {
-        "imagefolder": 'from datasets import load_dataset\nds = load_dataset("imagefolder", data_dir="THIS_FOLDER")',
-        "coco": "annotations.json is COCO: import it with the images/ folder into CVAT or Label Studio to draw the plate boxes.",
-        "csv": "manifest.csv has one row per image; file_name is relative to this folder.",
-    }[options.format]
-    return f"""---
-license: {licence.lower().replace(' ', '-')}
-task_categories:
-- object-detection
-pretty_name: Plate Collector number plates
----
-# Plate Collector: number-plate photos
-
-Photos of vehicle number plates taken by attendees of a machine-learning meetup, who each
-contributed photos as the meetup's entry fee. Every photo passed an intake pipeline that
-refused broken files, tiny or unusable images, and exact and near duplicates across all
-contributors (PDQ perceptual hash, Hamming distance of 31 bits or less out of 256).
-
-- Photos: {len(rows)}, from {contributors} contributors
-- Taken: {(dates[0][:10] + ' to ' + dates[-1][:10]) if dates else 'unknown (no EXIF capture dates)'}
-- Exported: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, format `{options.format}`{', photos accepted since ' + options.since.date().isoformat() if options.since else ''}
-- Licence: {licence}, agreed to by every contributor at registration
-
-## Splits
-
-Deterministic, and grouped: all photos of one contributor, and photos within 31 bits of each
-other, are in the same split, so no person or scene leaks between splits. Ratios
-({'/'.join(map(str, options.split))}) are approximate.
-
-| split | photos |
-|---|---|
-{counts}
-
-## Fields
-
-| field | meaning |
-|---|---|
-| file_name | the image, named by the SHA-256 of the original upload |
-| sha256 | SHA-256 of the exported file (also in SHA256SUMS) |
-| source_sha256 | SHA-256 of the file as it was uploaded |
-| width, height | pixels as displayed (EXIF orientation applied) |
-| captured_at | capture time as the camera wrote it (EXIF DateTimeOriginal, `YYYY:MM:DD HH:MM:SS`, camera-local, no time zone); empty when unknown |
-| camera_make, camera_model | from EXIF; empty when unknown |
-| contributor | a stable pseudonym (keyed hash) of the contributor, never a name or email |
-| licence | the licence of the image |
-| perceptual_hash | the 256-bit PDQ hash, hex |
-| split | train, validation or test |
-| plates | the number plates in the image, as a JSON list of objects: `text` (letters and digits, upper case), `box` [x, y, width, height] in pixels (null when a person typed the text without a box), `source` (`machine` or `organiser`) |
-
-## Plates
-
-{_plates_section(rows)}
-
-## Privacy
-
-Exported images keep their compressed pixels unchanged (JPEG scan data is byte-identical to
-the upload); their metadata is rebuilt with only orientation, camera make and model and
-capture time. GPS{' is kept (private research copy)' if options.keep_gps else ''}, serial numbers, maker notes, embedded thumbnails, XMP, IPTC,
-comments and original file names are removed{'' if not options.keep_gps else ' (except GPS)'}. HEIC/HEIF photos are converted to
-high-quality JPEG with their orientation applied.
-
-## Loading
-
-```
-{load}
-```
-"""
-
-
-def _plates_section(rows: list[dict]) -> str:
+    """The dataset card (README.md), rendered from templates/dataset_card.md.j2."""
     from .plates import READ_SIDE
 
+    dates = sorted(r["captured_at"].replace(":", "-", 2) for r in rows if r["captured_at"])
     per_image = [json.loads(r.get("plates") or "[]") for r in rows]
     plates = [p for ps in per_image for p in ps]
-    with_plate = sum(1 for ps in per_image if ps)
-    confirmed = sum(1 for p in plates if p["source"] == "organiser")
-    return (
-        f"Plates were read by machine, after upload, with RapidOCR (PP-OCRv6 text detection and recognition, "
-        f"ONNX) on each photo reduced to {READ_SIDE} pixels on its long side: a text line of 4-10 letters and digits "
-        f"with at least one of each (or 7-8 digits), recognised with a score of at least 0.7, in a box at least "
-        f"1.5 times wider than tall; two stacked lines of similar width are one plate. Organisers could correct "
-        f"the text or type it where the machine found none; their text replaces the machine's.\n\n"
-        f"- Images with at least one plate: {with_plate} of {len(rows)}\n"
-        f"- Plates: {len(plates)}, of which {confirmed} were typed or corrected by a person "
-        f"and {len(plates) - confirmed} are the machine's reading, not checked by a person\n"
-        f"- COCO: one `plate` box per plate, with the text and its source as attributes"
+    return _card_template().render(
+        licence_id=options.licence.lower().replace(" ", "-"),
+        licence=options.licence,
+        near_duplicate_distance=options.near_duplicate_distance,
+        group_radius=GROUP_RADIUS,
+        photos=len(rows),
+        contributors=len({r["contributor"] for r in rows}),
+        taken=f"{dates[0][:10]} to {dates[-1][:10]}" if dates else "unknown (no EXIF capture dates)",
+        exported=f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M}",
+        format=options.format,
+        since=options.since.date().isoformat() if options.since else None,
+        ratios="/".join(map(str, options.split)),
+        per_split=[(s, summary.per_split.get(s, 0)) for s in SPLITS],
+        read_side=READ_SIDE,
+        with_plate=sum(1 for ps in per_image if ps),
+        plates=len(plates),
+        confirmed=sum(1 for p in plates if p["source"] == "organiser"),
+        keep_gps=options.keep_gps,
     )
+
+
+@functools.cache
+def _card_template() -> jinja2.Template:
+    # Markdown, not HTML: no autoescaping; the front matter quotes its values itself (yaml_scalar).
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"), autoescape=False,
+                             keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
+    env.filters["yaml"] = yaml_scalar
+    return env.get_template("dataset_card.md.j2")
+
+
+_PLAIN = re.compile(r"[A-Za-z][A-Za-z0-9._-]*")
+_YAML_WORDS = {"y", "n", "yes", "no", "on", "off", "true", "false", "null"}
+
+
+def yaml_scalar(value) -> str:
+    """``value`` as one YAML scalar that cannot end the front matter or add keys: a plain word
+    (``cc-by-4.0``) stays as it is, anything else becomes a double-quoted string whose every
+    character outside printable ASCII is an escape (newlines, ``---``, ``: `` or ``#`` are inert)."""
+    text = str(value)
+    if _PLAIN.fullmatch(text) and text.lower() not in _YAML_WORDS:
+        return text
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif 0x20 <= code < 0x7F:
+            out.append(ch)
+        else:
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+    return '"' + "".join(out) + '"'
