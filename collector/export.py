@@ -27,7 +27,7 @@ from sqlalchemy import select
 
 from . import dedup
 from .models import Photo
-from .privacy import minimal_exif, publishable
+from .privacy import extension, minimal_exif, publishable
 from .reports import safe_cell
 
 FORMATS = ("imagefolder", "coco", "csv")
@@ -155,17 +155,17 @@ def _sync(paths: list[Path], root: Path) -> None:
     written most of them back, so each fsync mostly confirms. A global ``os.sync()`` would
     also wait for every other program's dirty pages on the machine."""
     for path in paths:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync(path)
     for folder in sorted({p.parent for p in paths} | ({root} if paths else set())):
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync(folder, os.O_DIRECTORY)
+
+
+def _fsync(path: Path, flags: int = 0) -> None:
+    fd = os.open(path, os.O_RDONLY | flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 WRITERS = min(4, os.cpu_count() or 1)
@@ -245,8 +245,7 @@ def plan_export(db, out: Path, options: Options) -> Plan:
     splits = assign_splits(photos, pseudonyms, options.split)
     items = []
     for p in photos:
-        ext = "jpg" if p.format in ("JPEG", "HEIF") else p.format.lower()
-        file_name = f"{p.sha256}.{ext}"
+        file_name = f"{p.sha256}.{extension(p.format)}"
         rel = _relative_path(options.format, splits[p.id], file_name)
         items.append(Planned(p, file_name, rel, out / rel))
     return Plan(items, pseudonyms, splits)
