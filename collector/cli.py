@@ -189,16 +189,16 @@ def export_dataset(out_dir: Path, fmt: str, split: str, since, include_flagged: 
         ratios = export_mod.parse_split(split)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--split") from None
+    svc = services()
     options = export_mod.Options(
         format=fmt, split=ratios, since=since.replace(tzinfo=dt.UTC) if since else None,
         include_flagged=include_flagged, keep_gps=keep_gps, dry_run=dry_run,
-    )
-    svc = services()
-    out_dir.mkdir(parents=True, exist_ok=True) if not dry_run else None
-    summary = export_mod.export(
-        svc.db, svc.storage, out_dir, options, svc.settings["SECRET_KEY"], svc.settings["LICENCE"],
+        secret=svc.settings["SECRET_KEY"], licence=svc.settings["LICENCE"],
+        near_duplicate_distance=svc.settings["NEAR_DUPLICATE_DISTANCE"],
         progress=lambda items: tqdm(items, desc="export", unit="photo", file=sys.stderr, disable=None),
     )
+    out_dir.mkdir(parents=True, exist_ok=True) if not dry_run else None
+    summary = export_mod.export(svc.db, svc.storage, out_dir, options)
     splits = ", ".join(f"{s} {summary.per_split.get(s, 0)}" for s in export_mod.SPLITS)
     verb = "would write" if dry_run else "written"
     click.echo(

@@ -10,20 +10,24 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import json
 import os
+import re
 import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import jinja2
 from sqlalchemy import select
 
 from . import dedup
 from .models import Photo
-from .privacy import minimal_exif, publishable
+from .privacy import extension, minimal_exif, publishable
 from .reports import safe_cell
 
 FORMATS = ("imagefolder", "coco", "csv")
@@ -37,14 +41,22 @@ GROUP_RADIUS = dedup.INDEX_RADIUS
 EXIF_DATE = "%Y:%m:%d %H:%M:%S"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Options:
+    """What to export and how. From the app's settings: ``secret`` (the pseudonyms' key),
+    ``licence`` (the one contributors agreed to) and ``near_duplicate_distance`` (intake's
+    threshold, which the dataset card states)."""
+
+    secret: str
+    licence: str
+    near_duplicate_distance: int
     format: str = "imagefolder"
     split: tuple[int, int, int] = (80, 10, 10)
     since: dt.datetime | None = None
     include_flagged: bool = False
     keep_gps: bool = False
     dry_run: bool = False
+    progress: Callable[[list], Iterable] | None = None  # wraps the photos as they are done (a progress bar)
 
 
 @dataclass
@@ -143,17 +155,17 @@ def _sync(paths: list[Path], root: Path) -> None:
     written most of them back, so each fsync mostly confirms. A global ``os.sync()`` would
     also wait for every other program's dirty pages on the machine."""
     for path in paths:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync(path)
     for folder in sorted({p.parent for p in paths} | ({root} if paths else set())):
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync(folder, os.O_DIRECTORY)
+
+
+def _fsync(path: Path, flags: int = 0) -> None:
+    fd = os.open(path, os.O_RDONLY | flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 WRITERS = min(4, os.cpu_count() or 1)
@@ -186,92 +198,134 @@ def _relative_path(fmt: str, split: str, file_name: str) -> str:
     return f"{split}/{file_name}" if fmt == "imagefolder" else f"images/{file_name}"
 
 
-def export(db, storage, out: Path, options: Options, secret: str, licence: str, progress=None) -> Summary:
+@dataclass
+class Planned:
+    """One photo of the plan: where it goes in the export."""
+
+    photo: Photo
+    file_name: str
+    rel: str  # path inside the export folder
+    target: Path
+
+
+@dataclass
+class Plan:
+    items: list[Planned]
+    pseudonyms: dict[int, str]  # user id -> contributor pseudonym
+    splits: dict[int, str]  # photo id -> split
+
+
+def export(db, storage, out: Path, options: Options) -> Summary:
+    """Plan, write the new images, then the manifests and SHA256SUMS, then remove what no
+    longer belongs: each phase only starts when the previous one is safely done."""
     started = time.perf_counter()
-    summary = Summary()
+    plan = plan_export(db, out, options)
+    summary = Summary(planned=len(plan.items))
+    for item in plan.items:
+        split = plan.splits[item.photo.id]
+        summary.per_split[split] = summary.per_split.get(split, 0) + 1
+    old = _read_checksums(out)
+    records, sums, written = _write_images(storage, plan, old, options, summary)
+    _add_plates(db, records)
+    obsolete = [rel for rel in old if rel not in sums and not _is_manifest(rel)]
+    summary.removed = len(obsolete)
+    if not options.dry_run:
+        _sync(written, out)  # every new image is on disk before a manifest names it
+        _write_manifests(out, options, records, sums, old, summary)
+        _remove(out, obsolete)  # last: the new manifests no longer name these files
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def plan_export(db, out: Path, options: Options) -> Plan:
+    """Which photos, in which split, under which file names."""
     with db.Session() as session:
         photos = select_photos(session, options)
-    pseudonyms = {uid: pseudonym(secret, uid) for uid in {p.user_id for p in photos}}
+    pseudonyms = {uid: pseudonym(options.secret, uid) for uid in {p.user_id for p in photos}}
     splits = assign_splits(photos, pseudonyms, options.split)
-    summary.planned = len(photos)
+    items = []
     for p in photos:
-        summary.per_split[splits[p.id]] = summary.per_split.get(splits[p.id], 0) + 1
-
-    old = _read_checksums(out)
-    records: list[dict] = []
-    written_sums: dict[str, str] = {}
-    written: list[Path] = []
-    plan = []
-    for p in photos:
-        ext = "jpg" if p.format in ("JPEG", "HEIF") else p.format.lower()
-        file_name = f"{p.sha256}.{ext}"
+        file_name = f"{p.sha256}.{extension(p.format)}"
         rel = _relative_path(options.format, splits[p.id], file_name)
-        plan.append((p, file_name, rel, out / rel))
+        items.append(Planned(p, file_name, rel, out / rel))
+    return Plan(items, pseudonyms, splits)
+
+
+def _write_images(storage, plan: Plan, old: dict[str, str], options: Options,
+                  summary: Summary) -> tuple[list[dict], dict[str, str], list[Path]]:
+    """Write the images that are not already in place: (records, checksums, paths written)."""
+    records: list[dict] = []
+    sums: dict[str, str] = {}
+    written: list[Path] = []
     # Reading, rewriting, hashing and writing release the GIL (file I/O, OpenSSL's SHA-256 on
     # large buffers, Pillow for HEIF): a few threads keep both the disk and the cores busy.
     # SHA-256 of the exported bytes is the largest part of the work without SHA-NI.
     with ThreadPoolExecutor(WRITERS) as pool:
         jobs = {
-            p.id: pool.submit(_write_image, storage, p, target, options)
-            for p, _, rel, target in plan
-            if not options.dry_run and not (rel in old and target.exists())
+            item.photo.id: pool.submit(_write_image, storage, item.photo, item.target, options)
+            for item in plan.items
+            if not options.dry_run and not (item.rel in old and item.target.exists())
         }
-        iterator = progress(plan) if progress else plan
-        for p, file_name, rel, target in iterator:
+        for item in options.progress(plan.items) if options.progress else plan.items:
             if options.dry_run:
                 digest = ""
-            elif p.id not in jobs:
-                digest = old[rel]  # written by an earlier run and listed in its checksums
+            elif item.photo.id not in jobs:
+                digest = old[item.rel]  # written by an earlier run and listed in its checksums
                 summary.skipped += 1
             else:
-                digest, size = jobs[p.id].result()
-                written.append(target)
+                digest, size = jobs[item.photo.id].result()
+                written.append(item.target)
                 summary.written += 1
                 summary.bytes_written += size
-            written_sums[rel] = digest
-            records.append({
-                "file_name": file_name if options.format == "imagefolder" else rel,
-                "sha256": digest,
-                "source_sha256": p.sha256,
-                "width": p.width,
-                "height": p.height,
-                # Strings throughout, "" when unknown: ML loaders infer a type per metadata file, and
-                # a split whose photos all lack a date would otherwise get a different schema.
-                # EXIF's own format also keeps Arrow from guessing a timestamp type in one split only.
-                "captured_at": p.captured_at.strftime(EXIF_DATE) if p.captured_at else "",
-                "camera_make": p.camera_make or "",
-                "camera_model": p.camera_model or "",
-                "contributor": pseudonyms[p.user_id],
-                "licence": licence,
-                "perceptual_hash": p.pdq,
-                "split": splits[p.id],
-                "_id": p.id,
-            })
+            sums[item.rel] = digest
+            records.append(_record(item, digest, plan, options))
+    return records, sums, written
 
-    _add_plates(db, records)
-    obsolete = [rel for rel in old if rel not in written_sums and not _is_manifest(rel)]
-    summary.removed = len(obsolete)
-    if options.dry_run:
-        summary.seconds = time.perf_counter() - started
-        return summary
 
-    _sync(written, out)  # every new image is on disk before a manifest names it
-    manifests = _manifests(options, records, licence, summary)
+def _record(item: Planned, digest: str, plan: Plan, options: Options) -> dict:
+    p = item.photo
+    return {
+        "file_name": item.file_name if options.format == "imagefolder" else item.rel,
+        "sha256": digest,
+        "source_sha256": p.sha256,
+        "width": p.width,
+        "height": p.height,
+        # Strings throughout, "" when unknown: ML loaders infer a type per metadata file, and
+        # a split whose photos all lack a date would otherwise get a different schema.
+        # EXIF's own format also keeps Arrow from guessing a timestamp type in one split only.
+        "captured_at": p.captured_at.strftime(EXIF_DATE) if p.captured_at else "",
+        "camera_make": p.camera_make or "",
+        "camera_model": p.camera_model or "",
+        "contributor": plan.pseudonyms[p.user_id],
+        "licence": options.licence,
+        "perceptual_hash": p.pdq,
+        "split": plan.splits[p.id],
+        "_id": p.id,
+    }
+
+
+def _write_manifests(out: Path, options: Options, records: list[dict], sums: dict[str, str],
+                     old: dict[str, str], summary: Summary) -> None:
+    """The manifests and the card, then SHA256SUMS naming every file (each replaced atomically);
+    manifests of another format left by an earlier run go."""
+    manifests = _manifests(options, records, summary)
     for rel, data in manifests.items():
-        written_sums[rel] = hashlib.sha256(data).hexdigest()
+        sums[rel] = hashlib.sha256(data).hexdigest()
         _atomic_write(out / rel, data)
     for stale in [rel for rel in old if _is_manifest(rel) and rel not in manifests]:
         (out / stale).unlink(missing_ok=True)
-    lines = "".join(f"{digest}  {rel}\n" for rel, digest in sorted(written_sums.items()))
+    lines = "".join(f"{digest}  {rel}\n" for rel, digest in sorted(sums.items()))
     _atomic_write(out / CHECKSUMS, lines.encode())
-    for rel in obsolete:  # last: the new manifests no longer name these files
+
+
+def _remove(out: Path, obsolete: list[str]) -> None:
+    """Files no manifest names any more, then the split folders they leave empty."""
+    for rel in obsolete:
         (out / rel).unlink(missing_ok=True)
     for split in SPLITS + ("images",):
         folder = out / split
         if folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()
-    summary.seconds = time.perf_counter() - started
-    return summary
 
 
 def _add_plates(db, records: list[dict]) -> None:
@@ -293,7 +347,7 @@ def _is_manifest(rel: str) -> bool:
     return rel.endswith(("metadata.jsonl", "annotations.json", "manifest.csv", "README.md"))
 
 
-def _manifests(options: Options, records: list[dict], licence: str, summary: Summary) -> dict[str, bytes]:
+def _manifests(options: Options, records: list[dict], summary: Summary) -> dict[str, bytes]:
     files: dict[str, bytes] = {}
     public = [{k: v for k, v in r.items() if not k.startswith("_")} for r in records]
     if options.format == "imagefolder":
@@ -311,13 +365,13 @@ def _manifests(options: Options, records: list[dict], licence: str, summary: Sum
         coco = {
             "info": {"description": "Plate Collector number-plate photos", "version": dt.date.today().isoformat(),
                      "date_created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")},
-            "licenses": [{"id": 1, "name": licence}],
+            "licenses": [{"id": 1, "name": options.licence}],
             "images": images,
             "categories": [{"id": 1, "name": "plate", "supercategory": "vehicle"}],
             "annotations": _coco_annotations(records),
         }
         files["annotations.json"] = json.dumps(coco, indent=1).encode()
-    files["README.md"] = dataset_card(options, public, licence, summary).encode()
+    files["README.md"] = dataset_card(options, public, summary).encode()
     return files
 
 
@@ -348,94 +402,61 @@ def _csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def dataset_card(options: Options, rows: list[dict], licence: str, summary: Summary) -> str:
-    dates = sorted(r["captured_at"].replace(":", "-", 2) for r in rows if r["captured_at"])
-    contributors = len({r["contributor"] for r in rows})
-    counts = "\n".join(f"| {s} | {summary.per_split.get(s, 0)} |" for s in SPLITS)
-    load = {
-        "imagefolder": 'from datasets import load_dataset\nds = load_dataset("imagefolder", data_dir="THIS_FOLDER")',
-        "coco": "annotations.json is COCO: import it with the images/ folder into CVAT or Label Studio to draw the plate boxes.",
-        "csv": "manifest.csv has one row per image; file_name is relative to this folder.",
-    }[options.format]
-    return f"""---
-license: {licence.lower().replace(' ', '-')}
-task_categories:
-- object-detection
-pretty_name: Plate Collector number plates
----
-# Plate Collector: number-plate photos
-
-Photos of vehicle number plates taken by attendees of a machine-learning meetup, who each
-contributed photos as the meetup's entry fee. Every photo passed an intake pipeline that
-refused broken files, tiny or unusable images, and exact and near duplicates across all
-contributors (PDQ perceptual hash, Hamming distance of 31 bits or less out of 256).
-
-- Photos: {len(rows)}, from {contributors} contributors
-- Taken: {(dates[0][:10] + ' to ' + dates[-1][:10]) if dates else 'unknown (no EXIF capture dates)'}
-- Exported: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, format `{options.format}`{', photos accepted since ' + options.since.date().isoformat() if options.since else ''}
-- Licence: {licence}, agreed to by every contributor at registration
-
-## Splits
-
-Deterministic, and grouped: all photos of one contributor, and photos within 31 bits of each
-other, are in the same split, so no person or scene leaks between splits. Ratios
-({'/'.join(map(str, options.split))}) are approximate.
-
-| split | photos |
-|---|---|
-{counts}
-
-## Fields
-
-| field | meaning |
-|---|---|
-| file_name | the image, named by the SHA-256 of the original upload |
-| sha256 | SHA-256 of the exported file (also in SHA256SUMS) |
-| source_sha256 | SHA-256 of the file as it was uploaded |
-| width, height | pixels as displayed (EXIF orientation applied) |
-| captured_at | capture time as the camera wrote it (EXIF DateTimeOriginal, `YYYY:MM:DD HH:MM:SS`, camera-local, no time zone); empty when unknown |
-| camera_make, camera_model | from EXIF; empty when unknown |
-| contributor | a stable pseudonym (keyed hash) of the contributor, never a name or email |
-| licence | the licence of the image |
-| perceptual_hash | the 256-bit PDQ hash, hex |
-| split | train, validation or test |
-| plates | the number plates in the image, as a JSON list of objects: `text` (letters and digits, upper case), `box` [x, y, width, height] in pixels (null when a person typed the text without a box), `source` (`machine` or `organiser`) |
-
-## Plates
-
-{_plates_section(rows)}
-
-## Privacy
-
-Exported images keep their compressed pixels unchanged (JPEG scan data is byte-identical to
-the upload); their metadata is rebuilt with only orientation, camera make and model and
-capture time. GPS{' is kept (private research copy)' if options.keep_gps else ''}, serial numbers, maker notes, embedded thumbnails, XMP, IPTC,
-comments and original file names are removed{'' if not options.keep_gps else ' (except GPS)'}. HEIC/HEIF photos are converted to
-high-quality JPEG with their orientation applied.
-
-## Loading
-
-```
-{load}
-```
-"""
-
-
-def _plates_section(rows: list[dict]) -> str:
+def dataset_card(options: Options, rows: list[dict], summary: Summary) -> str:
+    """The dataset card (README.md), rendered from templates/dataset_card.md.j2."""
     from .plates import READ_SIDE
 
+    dates = sorted(r["captured_at"].replace(":", "-", 2) for r in rows if r["captured_at"])
     per_image = [json.loads(r.get("plates") or "[]") for r in rows]
     plates = [p for ps in per_image for p in ps]
-    with_plate = sum(1 for ps in per_image if ps)
-    confirmed = sum(1 for p in plates if p["source"] == "organiser")
-    return (
-        f"Plates were read by machine, after upload, with RapidOCR (PP-OCRv6 text detection and recognition, "
-        f"ONNX) on each photo reduced to {READ_SIDE} pixels on its long side: a text line of 4-10 letters and digits "
-        f"with at least one of each (or 7-8 digits), recognised with a score of at least 0.7, in a box at least "
-        f"1.5 times wider than tall; two stacked lines of similar width are one plate. Organisers could correct "
-        f"the text or type it where the machine found none; their text replaces the machine's.\n\n"
-        f"- Images with at least one plate: {with_plate} of {len(rows)}\n"
-        f"- Plates: {len(plates)}, of which {confirmed} were typed or corrected by a person "
-        f"and {len(plates) - confirmed} are the machine's reading, not checked by a person\n"
-        f"- COCO: one `plate` box per plate, with the text and its source as attributes"
+    return _card_template().render(
+        licence_id=options.licence.lower().replace(" ", "-"),
+        licence=options.licence,
+        near_duplicate_distance=options.near_duplicate_distance,
+        group_radius=GROUP_RADIUS,
+        photos=len(rows),
+        contributors=len({r["contributor"] for r in rows}),
+        taken=f"{dates[0][:10]} to {dates[-1][:10]}" if dates else "unknown (no EXIF capture dates)",
+        exported=f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M}",
+        format=options.format,
+        since=options.since.date().isoformat() if options.since else None,
+        ratios="/".join(map(str, options.split)),
+        per_split=[(s, summary.per_split.get(s, 0)) for s in SPLITS],
+        read_side=READ_SIDE,
+        with_plate=sum(1 for ps in per_image if ps),
+        plates=len(plates),
+        confirmed=sum(1 for p in plates if p["source"] == "organiser"),
+        keep_gps=options.keep_gps,
     )
+
+
+@functools.cache
+def _card_template() -> jinja2.Template:
+    # Markdown, not HTML: no autoescaping; the front matter quotes its values itself (yaml_scalar).
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"), autoescape=False,
+                             keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
+    env.filters["yaml"] = yaml_scalar
+    return env.get_template("dataset_card.md.j2")
+
+
+_PLAIN = re.compile(r"[A-Za-z][A-Za-z0-9._-]*")
+_YAML_WORDS = {"y", "n", "yes", "no", "on", "off", "true", "false", "null"}
+
+
+def yaml_scalar(value) -> str:
+    """``value`` as one YAML scalar that cannot end the front matter or add keys: a plain word
+    (``cc-by-4.0``) stays as it is, anything else becomes a double-quoted string whose every
+    character outside printable ASCII is an escape (newlines, ``---``, ``: `` or ``#`` are inert)."""
+    text = str(value)
+    if _PLAIN.fullmatch(text) and text.lower() not in _YAML_WORDS:
+        return text
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif 0x20 <= code < 0x7F:
+            out.append(ch)
+        else:
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+    return '"' + "".join(out) + '"'

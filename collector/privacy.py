@@ -245,14 +245,28 @@ def heif_to_jpeg(data: bytes, exif: bytes) -> bytes:
     return out.getvalue()
 
 
+# Per stored format: how it is cleaned, and the extension of what that gives.
+_PUBLISHERS = {
+    "JPEG": (clean_jpeg, "jpg"),
+    "PNG": (clean_png, "png"),
+    "WEBP": (clean_webp, "webp"),
+    "HEIF": (heif_to_jpeg, "jpg"),
+}
+
+
+def _publisher(fmt: str):
+    try:
+        return _PUBLISHERS[fmt]
+    except KeyError:
+        raise ValueError(f"unknown format {fmt}") from None
+
+
+def extension(fmt: str) -> str:
+    """The extension a photo of this stored format has in the dataset (HEIF becomes JPEG)."""
+    return _publisher(fmt)[1]
+
+
 def publishable(data: bytes, fmt: str, exif: bytes) -> tuple[bytes, str]:
     """(bytes, extension) of the photo as it goes into the dataset."""
-    if fmt == "JPEG":
-        return clean_jpeg(data, exif), "jpg"
-    if fmt == "PNG":
-        return clean_png(data, exif), "png"
-    if fmt == "WEBP":
-        return clean_webp(data, exif), "webp"
-    if fmt == "HEIF":
-        return heif_to_jpeg(data, exif), "jpg"
-    raise ValueError(f"unknown format {fmt}")
+    clean, ext = _publisher(fmt)
+    return clean(data, exif), ext

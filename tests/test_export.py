@@ -323,3 +323,53 @@ def _plain_jpeg(colour=(200, 30, 30)) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (64, 48), colour).save(buf, "JPEG")
     return buf.getvalue()
+
+
+@pytest.fixture
+def hostile_settings(settings):
+    """Settings the card must state or quote: a non-default near-duplicate distance and a
+    licence written to end the YAML front matter and add keys of its own."""
+    settings["NEAR_DUPLICATE_DISTANCE"] = 12
+    settings["LICENCE"] = 'CC BY 4.0"\n---\nlicense: mit # \\\npretty_name: [pwned]'
+    return settings
+
+
+def front_matter(card: str) -> tuple[dict, str]:
+    import yaml
+
+    assert card.startswith("---\n")
+    head, sep, body = card[4:].partition("\n---\n")
+    assert sep, card
+    return yaml.safe_load(head), body
+
+
+def test_card_states_the_distance_and_no_value_breaks_its_front_matter(hostile_settings, runner, make_user, submit, tmp_path):
+    import datetime as dt
+
+    # a contributor's camera says what it likes: it must not reach the card's header either
+    hostile = photos.jpeg(220, (960, 720), make="Evil\n---\nlicense: mit", model="x: [y]\n# ---",
+                          taken=dt.datetime(2024, 5, 6, 7, 8, 9))
+    assert submit(make_user(), hostile).accepted
+    out = tmp_path / "ds"
+    run_export(runner, out, "--format", "csv")
+    card = (out / "README.md").read_text()
+    header, body = front_matter(card)
+    assert header == {"license": hostile_settings["LICENCE"].lower().replace(" ", "-"),
+                      "task_categories": ["object-detection"], "pretty_name": "Plate Collector number plates"}
+    assert body.startswith("# Plate Collector: number-plate photos\n")
+    assert "Hamming distance of 12 bits or less out of 256" in body and "31 bits or less" not in body
+    assert "photos within 31 bits of each\nother" in body  # the split grouping radius is the index's, not the setting
+    assert "\n## Plates\n" in body and "\n## Loading\n" in body and "| train |" in body
+
+
+@pytest.mark.parametrize("text", ["cc-by-4.0", "yes", "No", "null", "1.0", "a: b", "#x", "---", "- item", "[a]", "{a: b}",
+                                  "!tag", "&a", "*a", "|", ">", "%x", "@x", "", " lead", "trail ", "it's", 'say "hi"',
+                                  "back\\slash", "new\nline", "tab\there", "\x00\x7f", "é", "\u2028", "😀"])
+def test_yaml_scalar_round_trips(text):
+    import yaml
+
+    from collector.export import yaml_scalar
+
+    scalar = yaml_scalar(text)
+    assert "\n" not in scalar
+    assert yaml.safe_load(f"key: {scalar}\nother: 1\n") == {"key": text, "other": 1}
