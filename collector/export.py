@@ -404,7 +404,7 @@ def _csv(rows: list[dict]) -> str:
 
 def dataset_card(options: Options, rows: list[dict], summary: Summary) -> str:
     """The dataset card (README.md), rendered from templates/dataset_card.md.j2."""
-    from .plates import READ_SIDE
+    from .plates import FIND_SIDE, READ_SIDE
 
     dates = sorted(r["captured_at"].replace(":", "-", 2) for r in rows if r["captured_at"])
     per_image = [json.loads(r.get("plates") or "[]") for r in rows]
@@ -423,6 +423,7 @@ def dataset_card(options: Options, rows: list[dict], summary: Summary) -> str:
         ratios="/".join(map(str, options.split)),
         per_split=[(s, summary.per_split.get(s, 0)) for s in SPLITS],
         read_side=READ_SIDE,
+        find_side=FIND_SIDE,
         with_plate=sum(1 for ps in per_image if ps),
         plates=len(plates),
         confirmed=sum(1 for p in plates if p["source"] == "organiser"),
