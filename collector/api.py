@@ -11,13 +11,11 @@ from functools import wraps
 from flask import Blueprint, g, jsonify, request
 from flask_login import current_user
 from flask_wtf.csrf import CSRFError, validate_csrf
-from sqlalchemy import select
 from wtforms import ValidationError
 
 from . import accounts, reports, services
 from .credits import progress_of
 from .intake import describe_photo
-from .models import Photo, UploadRejection
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -107,10 +105,7 @@ def me():
     svc = services()
     user = g.api_user
     session = svc.db.session
-    photos = session.scalars(select(Photo).where(Photo.user_id == user.id).order_by(Photo.id.desc())).all()
-    rejected = session.scalars(
-        select(UploadRejection).where(UploadRejection.user_id == user.id).order_by(UploadRejection.id.desc()).limit(500)
-    ).all()
+    mine = reports.contributor_photos(session, user.id)
     return jsonify(
         {
             "user": {"id": user.id, "name": user.name, "email": user.email, "organiser": user.is_organiser},
@@ -126,11 +121,11 @@ def me():
                     "uploaded_at": p.created_at.isoformat(),
                     "metadata": describe_photo(p),
                 }
-                for p in photos
+                for p in mine.photos
             ],
             "rejected": [
                 {"code": r.code, "message": r.message, "filename": r.filename, "at": r.created_at.isoformat()}
-                for r in rejected
+                for r in mine.rejected
             ],
         }
     )

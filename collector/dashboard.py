@@ -6,11 +6,10 @@ from functools import wraps
 
 from flask import Blueprint, Response, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
-from sqlalchemy import func, or_, select
 
 from . import credits, jobs, reports, review, services
 from .auth import EmptyForm
-from .models import Photo, UploadRejection, User
+from .models import Photo, User
 
 bp = Blueprint("dashboard", __name__)
 
@@ -81,14 +80,11 @@ def contributor(user_id: int):
     user = session.get(User, user_id)
     if user is None:
         abort(404)
-    photos = session.scalars(select(Photo).where(Photo.user_id == user_id).order_by(Photo.id.desc())).all()
-    rejected = session.scalars(
-        select(UploadRejection).where(UploadRejection.user_id == user_id).order_by(UploadRejection.id.desc()).limit(500)
-    ).all()
+    listed = reports.contributor_photos(session, user_id)
     check = credits.check_pass(session, user.id, svc.settings["QUOTA"])
     token = credits.pass_token(svc.settings["SECRET_KEY"], user.id)
     distinct, repeats = jobs.distinct_plates(session, user.id)
-    return render_template("contributor.html", person=user, photos=photos, rejected=rejected, check=check, token=token,
+    return render_template("contributor.html", person=user, photos=listed.photos, rejected=listed.rejected, check=check, token=token,
                            distinct_plates=distinct, repeat_plates=repeats,
                            code=credits.short_code(svc.settings["SECRET_KEY"], user.id), form=EmptyForm(), reasons=review.REASONS)
 
@@ -195,14 +191,7 @@ def plate_approve(photo_id: int):
 def lookup():
     svc = services()
     q = request.args.get("q", "").strip()[:100]
-    people = []
-    if q:
-        like = f"%{q.lower()}%"
-        people = svc.db.session.scalars(
-            select(User).where(User.is_organiser.is_(False), or_(
-                func.lower(User.name).like(like), User.email.like(like), User.pass_code == q.upper().replace(" ", ""),
-            )).order_by(User.name).limit(20)
-        ).all()
+    people = reports.find(svc.db.session, q) if q else []
     secret = svc.settings["SECRET_KEY"]
     return render_template("lookup.html", q=q, people=[(p, credits.pass_token(secret, p.id)) for p in people])
 

@@ -257,3 +257,33 @@ def test_flag_keeps_credit_and_clear_flag(app, svc, world):
     org.post(f"/dashboard/photos/{world['photo']}/restore", data={"csrf_token": csrf(org)})
     assert f'id="photo-{world["photo"]}"' not in org.get("/dashboard/review?filter=flagged").get_data(as_text=True)
     assert client_as(app, world["ann"]).get("/api/v1/me").json["progress"]["accepted"] == 3
+
+
+def test_contributor_photos_lists_one_persons_newest_first_up_to_the_limit(svc, world):
+    from collector import reports
+
+    for n in range(3):
+        svc.intake.submit(world["ann"].id, io.BytesIO(b"not a photo %d" % n), f"junk{n}.txt")
+    with svc.db.Session() as s:
+        ann = reports.contributor_photos(s, world["ann"].id)
+        assert [p.id for p in ann.photos] == sorted(world["photos"], reverse=True)
+        assert [r.filename for r in ann.rejected] == ["junk2.txt", "junk1.txt", "junk0.txt"]
+        few = reports.contributor_photos(s, world["ann"].id, refusals=2)
+        assert [r.filename for r in few.rejected] == ["junk2.txt", "junk1.txt"] and few.photos == ann.photos
+        bob = reports.contributor_photos(s, world["bob"].id)
+        assert [p.id for p in bob.photos] == [world["bob_photo"]] and [r.filename for r in bob.rejected] == ["notes.txt"]
+        assert reports.contributor_photos(s, world["org"].id) == reports.ContributorPhotos([], [])
+
+
+def test_find_by_name_email_or_pass_code_never_an_organiser(svc, world, make_user):
+    from collector import reports
+
+    code = credits.ensure_pass_code(svc.db, svc.settings["SECRET_KEY"], world["ann"].id)
+    make_user("anna@example.com", "Anna")
+    with svc.db.Session() as s:
+        def names(q, **kw):
+            return [u.name for u in reports.find(s, q, **kw)]
+
+        assert names("ann") == ["Ann", "Anna"] and names("ann", limit=1) == ["Ann"]
+        assert names("ANNA@EXAMPLE") == ["Anna"] and names(code.lower().replace("-", " -")) == ["Ann"]
+        assert names("olga") == [] and names("org@example.com") == [] and names("nobody") == []
