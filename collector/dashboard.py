@@ -92,14 +92,16 @@ def contributor(user_id: int):
 @bp.route("/dashboard/review")
 @organiser_required
 def review_grid():
+    svc = services()
+    filters = review.filters(svc.settings["NEAR_DUPLICATE_DISTANCE"])
     name = request.args.get("filter", "")
-    name = name if name in review.FILTERS else ""
+    name = name if name in filters else ""
     page = _int_arg("page")
-    session = services().db.session
+    session = svc.db.session
     photos, total = review.review_page(session, name, page)
     ids = [p.id for p in photos]
     return render_template("review.html", photos=photos, total=total, page=page, pages=max((total + 47) // 48, 1),
-                           filter=name, filters=review.FILTERS, reasons=review.REASONS, form=EmptyForm(),
+                           filter=name, filters=filters, reasons=review.REASONS, form=EmptyForm(),
                            plates=jobs.plates_of(session, ids), reads=jobs.reads_of(session, ids))
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from sqlalchemy import func, or_, select, update
 
-from . import checks, credits, jobs, reports
+from . import checks, credits, dedup, jobs, reports
 from .models import Photo, ReviewAction
 
 REASONS = {
@@ -93,12 +93,23 @@ FILTERS = {
     "": "All photos",
     "no_date": "No capture date",
     "borderline_quality": "Borderline quality",
-    "near_threshold": "Close to another photo",
+    "near_threshold": f"Within {dedup.INDEX_RADIUS} bits of an earlier photo",
     "burst": "Taken in a burst (within 2 s)",
     "flagged": "Flagged",
     "rejected": "Rejected in review",
     **jobs.FILTERS,
 }
+
+
+def filters(near_duplicate_distance: int) -> dict[str, str]:
+    """The filters worth offering under this NEAR_DUPLICATE_DISTANCE.
+
+    "near_threshold" lists the photos intake let in although an earlier photo was within the
+    index radius (``Photo.nearest_distance``): only a NEAR_DUPLICATE_DISTANCE below that radius
+    lets any in, so at the default (31, the radius) it could never match and is not offered."""
+    if near_duplicate_distance >= dedup.INDEX_RADIUS:
+        return {k: v for k, v in FILTERS.items() if k != "near_threshold"}
+    return FILTERS
 
 
 def review_page(session, filter_name: str, page: int, per_page: int = 48):

@@ -220,6 +220,32 @@ def test_review_filters(app, svc, world):
     assert shown(org.get("/dashboard/review?filter=burst").get_data(as_text=True)) == set()
 
 
+@pytest.mark.parametrize("near_duplicate_distance", [31, 4])
+def test_close_to_another_photo_filter(settings, request, near_duplicate_distance):
+    """Offered only when NEAR_DUPLICATE_DISTANCE leaves room below the index radius (31 bits),
+    and then it lists exactly the photos let in within that radius of an earlier one."""
+    from PIL import ImageEnhance
+
+    settings["NEAR_DUPLICATE_DISTANCE"] = near_duplicate_distance
+    app, svc, world = (request.getfixturevalue(f) for f in ("app", "svc", "world"))
+    copy = images.encode(ImageEnhance.Brightness(images.load_bytes(photos.named(PHOTOS[0]))).enhance(1.3), quality=60)
+    v = svc.intake.submit(world["bob"].id, io.BytesIO(copy), "brighter.jpg")
+    org = client_as(app, world["org"])
+    listed = org.get("/dashboard/review?filter=near_threshold").get_data(as_text=True)
+    if near_duplicate_distance == 31:  # the default: such a copy is refused, and the filter is not offered
+        assert v.code == "near_duplicate"
+        assert 'href="/dashboard/review?filter=near_threshold"' not in listed and "Within 31 bits" not in listed
+        assert shown(listed) == set(world["photos"]) | {world["bob_photo"]}  # an unknown filter lists all
+        return
+    assert v.accepted, v.message
+    with svc.db.Session() as s:
+        from collector.models import Photo
+
+        assert near_duplicate_distance < s.get(Photo, v.photo_id).nearest_distance <= 31
+    assert 'aria-current=page>Within 31 bits of an earlier photo' in listed
+    assert shown(listed) == {v.photo_id} and "1 photo, newest first" in listed
+
+
 def test_burst_flag_and_hourly_chart_counts(app, svc, world):
     from PIL import Image
 
