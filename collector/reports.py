@@ -167,6 +167,16 @@ def accepted_per_hour(session, hours: int = 48, now: dt.datetime | None = None) 
     return series, int(before)
 
 
+def recent_chart(session, hours: int = 48, at_least: int = 6) -> str:
+    """The dashboard's chart of the last ``hours`` hours. Before any earlier photo, it starts at
+    the first hour with photos (keeping ``at_least`` hours), not at 40 empty ones."""
+    series, before = accepted_per_hour(session, hours)
+    if before == 0:
+        first = next((i for i, (_, n) in enumerate(series) if n), len(series))
+        series = series[max(min(first, len(series) - at_least), 0):]
+    return chart_svg(series, before)
+
+
 def chart_svg(series: list[tuple[dt.datetime, int]], before: int, width: int = 720, height: int = 220) -> str:
     """Bars per hour and a cumulative line, as inline SVG: no script, no CDN."""
     pad_l, pad_b, pad_t = 40, 24, 12
