@@ -31,7 +31,11 @@ STATUS_FOR = {
 
 
 def api_error(status: int, code: str, message: str, **extra):
-    body = {"status": "error", "code": code, "message": message, **extra}
+    return _answer({"status": "error", "code": code, "message": message, **extra}, status)
+
+
+def _answer(body: dict, status: int):
+    """``body`` as JSON with ``status``, and the header that status calls for."""
     response = jsonify(body)
     response.status_code = status
     if status == 401:
@@ -91,12 +95,7 @@ def upload_photo():
         return api_error(400, "bad_request", "Send exactly one file in the multipart field 'photo'.")
     upload = files[0]
     verdict = services().intake.submit(g.api_user.id, upload.stream, upload.filename)
-    status = STATUS_FOR.get(verdict.status if verdict.status != "rejected" else verdict.code, 422)
-    response = jsonify(verdict.as_dict())
-    response.status_code = status
-    if status == 503:
-        response.headers["Retry-After"] = "30"
-    return response
+    return _answer(verdict.as_dict(), STATUS_FOR.get(verdict.status if verdict.status != "rejected" else verdict.code, 422))
 
 
 @bp.route("/me", methods=["GET"])
