@@ -11,13 +11,11 @@ from functools import wraps
 from flask import Blueprint, g, jsonify, request
 from flask_login import current_user
 from flask_wtf.csrf import CSRFError, validate_csrf
-from sqlalchemy import select
 from wtforms import ValidationError
 
 from . import accounts, reports, services
 from .credits import progress_of
 from .intake import describe_photo
-from .models import Photo, UploadRejection
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -33,7 +31,11 @@ STATUS_FOR = {
 
 
 def api_error(status: int, code: str, message: str, **extra):
-    body = {"status": "error", "code": code, "message": message, **extra}
+    return _answer({"status": "error", "code": code, "message": message, **extra}, status)
+
+
+def _answer(body: dict, status: int):
+    """``body`` as JSON with ``status``, and the header that status calls for."""
     response = jsonify(body)
     response.status_code = status
     if status == 401:
@@ -93,12 +95,7 @@ def upload_photo():
         return api_error(400, "bad_request", "Send exactly one file in the multipart field 'photo'.")
     upload = files[0]
     verdict = services().intake.submit(g.api_user.id, upload.stream, upload.filename)
-    status = STATUS_FOR.get(verdict.status if verdict.status != "rejected" else verdict.code, 422)
-    response = jsonify(verdict.as_dict())
-    response.status_code = status
-    if status == 503:
-        response.headers["Retry-After"] = "30"
-    return response
+    return _answer(verdict.as_dict(), STATUS_FOR.get(verdict.status if verdict.status != "rejected" else verdict.code, 422))
 
 
 @bp.route("/me", methods=["GET"])
@@ -107,10 +104,7 @@ def me():
     svc = services()
     user = g.api_user
     session = svc.db.session
-    photos = session.scalars(select(Photo).where(Photo.user_id == user.id).order_by(Photo.id.desc())).all()
-    rejected = session.scalars(
-        select(UploadRejection).where(UploadRejection.user_id == user.id).order_by(UploadRejection.id.desc()).limit(500)
-    ).all()
+    mine = reports.contributor_photos(session, user.id)
     return jsonify(
         {
             "user": {"id": user.id, "name": user.name, "email": user.email, "organiser": user.is_organiser},
@@ -126,11 +120,11 @@ def me():
                     "uploaded_at": p.created_at.isoformat(),
                     "metadata": describe_photo(p),
                 }
-                for p in photos
+                for p in mine.photos
             ],
             "rejected": [
                 {"code": r.code, "message": r.message, "filename": r.filename, "at": r.created_at.isoformat()}
-                for r in rejected
+                for r in mine.rejected
             ],
         }
     )

@@ -6,11 +6,10 @@ from functools import wraps
 
 from flask import Blueprint, Response, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
-from sqlalchemy import func, or_, select
 
 from . import credits, jobs, reports, review, services
 from .auth import EmptyForm
-from .models import Photo, UploadRejection, User
+from .models import Photo, User
 
 bp = Blueprint("dashboard", __name__)
 
@@ -54,13 +53,9 @@ def index():
     quota = svc.settings["QUOTA"]
     cq = _contributor_query()
     users, total = reports.contributors(session, quota, cq)
-    series, before = reports.accepted_per_hour(session)
-    if before == 0:  # start at the first hour with photos (keeping six hours at least), not 40 empty ones
-        first = next((i for i, (_, n) in enumerate(series) if n), len(series))
-        series = series[max(min(first, len(series) - 6), 0):]
     return render_template(
         "dashboard.html", stats=reports.stats(session, quota), users=users, total=total, cq=cq,
-        pages=max((total + cq.per_page - 1) // cq.per_page, 1), chart=reports.chart_svg(series, before),
+        pages=max((total + cq.per_page - 1) // cq.per_page, 1), chart=reports.recent_chart(session),
         states=reports.STATES, sorts=reports.SORTS, quota=quota,
     )
 
@@ -81,14 +76,11 @@ def contributor(user_id: int):
     user = session.get(User, user_id)
     if user is None:
         abort(404)
-    photos = session.scalars(select(Photo).where(Photo.user_id == user_id).order_by(Photo.id.desc())).all()
-    rejected = session.scalars(
-        select(UploadRejection).where(UploadRejection.user_id == user_id).order_by(UploadRejection.id.desc()).limit(500)
-    ).all()
+    listed = reports.contributor_photos(session, user_id)
     check = credits.check_pass(session, user.id, svc.settings["QUOTA"])
     token = credits.pass_token(svc.settings["SECRET_KEY"], user.id)
     distinct, repeats = jobs.distinct_plates(session, user.id)
-    return render_template("contributor.html", person=user, photos=photos, rejected=rejected, check=check, token=token,
+    return render_template("contributor.html", person=user, photos=listed.photos, rejected=listed.rejected, check=check, token=token,
                            distinct_plates=distinct, repeat_plates=repeats,
                            code=credits.short_code(svc.settings["SECRET_KEY"], user.id), form=EmptyForm(), reasons=review.REASONS)
 
@@ -96,24 +88,31 @@ def contributor(user_id: int):
 @bp.route("/dashboard/review")
 @organiser_required
 def review_grid():
+    svc = services()
+    filters = review.filters(svc.settings["NEAR_DUPLICATE_DISTANCE"])
     name = request.args.get("filter", "")
-    name = name if name in review.FILTERS else ""
+    name = name if name in filters else ""
     page = _int_arg("page")
-    session = services().db.session
+    session = svc.db.session
     photos, total = review.review_page(session, name, page)
     ids = [p.id for p in photos]
     return render_template("review.html", photos=photos, total=total, page=page, pages=max((total + 47) // 48, 1),
-                           filter=name, filters=review.FILTERS, reasons=review.REASONS, form=EmptyForm(),
+                           filter=name, filters=filters, reasons=review.REASONS, form=EmptyForm(),
                            plates=jobs.plates_of(session, ids), reads=jobs.reads_of(session, ids))
+
+
+def _photo_or_404(photo_id: int) -> Photo:
+    photo = services().db.session.get(Photo, photo_id)
+    if photo is None:
+        abort(404)
+    return photo
 
 
 @bp.route("/dashboard/photos/<int:photo_id>")
 @organiser_required
 def photo(photo_id: int):
     session = services().db.session
-    p = session.get(Photo, photo_id)
-    if p is None:
-        abort(404)
+    p = _photo_or_404(photo_id)
     return render_template("photo.html", photo=p, reasons=review.REASONS, form=EmptyForm(),
                            plates=jobs.plates_of(session, [p.id])[p.id], read=jobs.reads_of(session, [p.id]).get(p.id))
 
@@ -125,67 +124,54 @@ def _back(photo_id: int):
     return redirect(url_for("dashboard.photo", photo_id=photo_id))
 
 
-def _review_action(photo_id: int, action, done: str, unchanged: str, **kwargs):
-    """Run one review action on an existing photo, say what happened, and go back."""
-    if services().db.session.get(Photo, photo_id) is None:
-        abort(404)
+# The review buttons: what each runs, and what the organiser is told when it changed the photo
+# and when it did not.
+REVIEW_ACTIONS = {
+    "reject": (review.reject, "Photo rejected: the contributor's count went down by one. Press Restore on the photo to undo.",
+               "That photo was already rejected."),
+    "restore": (review.restore, "Done: the photo counts as accepted.", "That photo was neither rejected nor flagged."),
+    "flag": (review.flag, "Photo flagged: it still counts, and the export leaves it out unless asked.",
+             "Only an accepted photo can be flagged."),
+}
+
+
+def _act(photo_id: int, run, say):
+    """Run ``run(services)`` on an existing photo, flash ``say(its answer)`` or the refusal,
+    and go back where the organiser came from."""
+    _photo_or_404(photo_id)
     try:
-        changed = action(services().db, photo_id, current_user.id, note=request.form.get("note"), **kwargs)
-    except review.ReviewError as exc:
+        answer = run(services())
+    except (review.ReviewError, jobs.PlateError) as exc:
         flash(str(exc), "error")
     else:
-        flash(done if changed else unchanged, "info")
+        flash(say(answer), "info")
     return _back(photo_id)
 
 
-@bp.route("/dashboard/photos/<int:photo_id>/reject", methods=["POST"])
+@bp.route("/dashboard/photos/<int:photo_id>/<any(reject, restore, flag):action>", methods=["POST"])
 @organiser_required
-def reject(photo_id: int):
-    return _review_action(photo_id, review.reject, "Photo rejected: the contributor's count went down by one. "
-                          "Press Restore on the photo to undo.",
-                          "That photo was already rejected.", reason=request.form.get("reason", ""))
-
-
-@bp.route("/dashboard/photos/<int:photo_id>/restore", methods=["POST"])
-@organiser_required
-def restore(photo_id: int):
-    return _review_action(photo_id, review.restore, "Done: the photo counts as accepted.",
-                          "That photo was neither rejected nor flagged.")
-
-
-@bp.route("/dashboard/photos/<int:photo_id>/flag", methods=["POST"])
-@organiser_required
-def flag(photo_id: int):
-    return _review_action(photo_id, review.flag, "Photo flagged: it still counts, and the export leaves it out unless asked.",
-                          "Only an accepted photo can be flagged.")
+def review_action(photo_id: int, action: str):
+    run, done, unchanged = REVIEW_ACTIONS[action]
+    extra = {"reason": request.form.get("reason", "")} if action == "reject" else {}
+    return _act(photo_id, lambda svc: run(svc.db, photo_id, current_user.id, note=request.form.get("note"), **extra),
+                lambda changed: done if changed else unchanged)
 
 
 @bp.route("/dashboard/photos/<int:photo_id>/plate", methods=["POST"])
 @organiser_required
 def plate_text(photo_id: int):
     """An organiser's plate text: kept, audited, and it wins over the machine's."""
-    svc = services()
-    if svc.db.session.get(Photo, photo_id) is None:
-        abort(404)
-    try:
-        text = jobs.correct(svc.db, photo_id, current_user.id, request.form.get("text", ""), svc.settings)
-    except jobs.PlateError as exc:
-        flash(str(exc), "error")
-    else:
-        flash(f"Plate text set to {text}.", "info")
-    return _back(photo_id)
+    text = request.form.get("text", "")
+    return _act(photo_id, lambda svc: jobs.correct(svc.db, photo_id, current_user.id, text, svc.settings),
+                lambda kept: f"Plate text set to {kept}.")
 
 
 @bp.route("/dashboard/photos/<int:photo_id>/plate/approve", methods=["POST"])
 @organiser_required
 def plate_approve(photo_id: int):
     """A photo without a readable plate is fine after all: a credit held for it comes back."""
-    svc = services()
-    if svc.db.session.get(Photo, photo_id) is None:
-        abort(404)
-    done = jobs.approve(svc.db, photo_id, current_user.id, svc.settings)
-    flash("Approved: the photo counts." if done else "That photo's plate has not been read yet.", "info")
-    return _back(photo_id)
+    return _act(photo_id, lambda svc: jobs.approve(svc.db, photo_id, current_user.id, svc.settings),
+                lambda done: "Approved: the photo counts." if done else "That photo's plate has not been read yet.")
 
 
 # -- the door ---------------------------------------------------------------------------------
@@ -195,14 +181,7 @@ def plate_approve(photo_id: int):
 def lookup():
     svc = services()
     q = request.args.get("q", "").strip()[:100]
-    people = []
-    if q:
-        like = f"%{q.lower()}%"
-        people = svc.db.session.scalars(
-            select(User).where(User.is_organiser.is_(False), or_(
-                func.lower(User.name).like(like), User.email.like(like), User.pass_code == q.upper().replace(" ", ""),
-            )).order_by(User.name).limit(20)
-        ).all()
+    people = reports.find(svc.db.session, q) if q else []
     secret = svc.settings["SECRET_KEY"]
     return render_template("lookup.html", q=q, people=[(p, credits.pass_token(secret, p.id)) for p in people])
 

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 from flask import Blueprint, abort, flash, render_template, request, send_file, url_for
 from flask_login import current_user, login_required
-from sqlalchemy import select
 
-from . import jobs, services
+from . import jobs, reports, services
 from .auth import EmptyForm
 from .credits import progress_of
 from .imaging import MIME_TYPES
-from .models import Photo, UploadRejection
+from .models import Photo
 from .review import REASONS
 from .security import MAX_FORM_FILES
 
 bp = Blueprint("pages", __name__)
-
 
 
 @bp.route("/")
@@ -63,16 +61,10 @@ def meetup_pass():
 def photos():
     svc = services()
     session = svc.db.session
-    mine = session.scalars(select(Photo).where(Photo.user_id == current_user.id).order_by(Photo.id.desc())).all()
-    rejected = session.scalars(
-        select(UploadRejection)
-        .where(UploadRejection.user_id == current_user.id)
-        .order_by(UploadRejection.id.desc())
-        .limit(200)
-    ).all()
+    mine = reports.contributor_photos(session, current_user.id, refusals=200)
     progress = progress_of(session, current_user.id, svc.settings["QUOTA"])
-    ids = [p.id for p in mine]
-    return render_template("photos.html", photos=mine, rejected=rejected, progress=progress, reasons=REASONS,
+    ids = [p.id for p in mine.photos]
+    return render_template("photos.html", photos=mine.photos, rejected=mine.rejected, progress=progress, reasons=REASONS,
                            plates=jobs.plates_of(session, ids), reads=jobs.reads_of(session, ids))
 
 

@@ -56,11 +56,17 @@ class ContributorQuery:
     per_page: int = 50
 
 
+def _matching(q: str):
+    """Name or email containing ``q`` (any case), or the pass code ``q`` (any case, spaces aside)."""
+    like = f"%{q.strip().lower()}%"
+    code = q.upper().replace(" ", "")
+    return or_(func.lower(User.name).like(like), User.email.like(like), User.pass_code == code)
+
+
 def _contributors_select(quota: int, cq: ContributorQuery):
     query = select(User).where(User.is_organiser.is_(False))
     if cq.q:
-        like = f"%{cq.q.strip().lower()}%"
-        query = query.where(or_(func.lower(User.name).like(like), User.email.like(like)))
+        query = query.where(_matching(cq.q))
     if cq.state == "paid":
         query = query.where(User.accepted_count >= quota)
     elif cq.state == "in_progress":
@@ -82,6 +88,28 @@ def contributors(session, quota: int, cq: ContributorQuery) -> tuple[list[User],
     total = session.scalar(select(func.count()).select_from(query.order_by(None).subquery()))
     users = session.scalars(query.offset((cq.page - 1) * cq.per_page).limit(cq.per_page)).all()
     return users, total
+
+
+def find(session, q: str, limit: int = 20) -> list[User]:
+    """The door's search: the first ``limit`` contributors matching ``q`` (as the contributors
+    table's search does), by name."""
+    return session.scalars(_contributors_select(0, ContributorQuery(q=q, sort="name")).limit(limit)).all()
+
+
+@dataclass
+class ContributorPhotos:
+    photos: list[Photo]  # all of them, newest first (MAX_PHOTOS bounds the credited ones)
+    rejected: list[UploadRejection]  # the latest refused uploads, newest first
+
+
+def contributor_photos(session, user_id: int, refusals: int = 500) -> ContributorPhotos:
+    """What "My photos", the organiser's contributor page and ``GET /api/v1/me`` list: every
+    photo of the contributor and their last ``refusals`` refused uploads."""
+    photos = session.scalars(select(Photo).where(Photo.user_id == user_id).order_by(Photo.id.desc())).all()
+    rejected = session.scalars(
+        select(UploadRejection).where(UploadRejection.user_id == user_id).order_by(UploadRejection.id.desc()).limit(refusals)
+    ).all()
+    return ContributorPhotos(list(photos), list(rejected))
 
 
 def safe_cell(value):
@@ -137,6 +165,16 @@ def accepted_per_hour(session, hours: int = 48, now: dt.datetime | None = None) 
     before = session.scalar(select(func.coalesce(func.sum(AcceptedHour.accepted), 0)).where(AcceptedHour.hour < start))
     series = [(start + dt.timedelta(hours=i), int(counts.get(start + dt.timedelta(hours=i), 0))) for i in range(hours)]
     return series, int(before)
+
+
+def recent_chart(session, hours: int = 48, at_least: int = 6) -> str:
+    """The dashboard's chart of the last ``hours`` hours. Before any earlier photo, it starts at
+    the first hour with photos (keeping ``at_least`` hours), not at 40 empty ones."""
+    series, before = accepted_per_hour(session, hours)
+    if before == 0:
+        first = next((i for i, (_, n) in enumerate(series) if n), len(series))
+        series = series[max(min(first, len(series) - at_least), 0):]
+    return chart_svg(series, before)
 
 
 def chart_svg(series: list[tuple[dt.datetime, int]], before: int, width: int = 720, height: int = 220) -> str:

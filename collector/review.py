@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from sqlalchemy import func, or_, select, update
 
-from . import checks, credits, jobs, reports
+from . import checks, credits, dedup, jobs, reports
 from .models import Photo, ReviewAction
 
 REASONS = {
@@ -22,55 +22,56 @@ class ReviewError(ValueError):
     pass
 
 
+def _note(note: str | None) -> str | None:
+    return (note or "").strip()[:500] or None
+
+
+def _move(tx, photo_id: int, where, audit: ReviewAction, **values):
+    """Change the photo only if ``where`` still holds (a conditional update: two organisers
+    acting at once change it once) and then log ``audit``; the photo's (user_id, created_at)
+    when it changed, else None."""
+    row = tx.execute(
+        update(Photo).where(Photo.id == photo_id, where).values(**values).returning(Photo.user_id, Photo.created_at)
+    ).first()
+    if row is not None:
+        tx.add(audit)
+    return row
+
+
 def reject(db, photo_id: int, organiser_id: int, reason: str, note: str | None = None) -> bool:
     """True when the photo went from credited to rejected (and its contributor lost a credit)."""
-    note = (note or "").strip()[:500] or None
+    note = _note(note)
     if reason not in REASONS:
         raise ReviewError(f"unknown reason {reason!r}")
     if reason == "other" and not note:
         raise ReviewError("Say why in the note when the reason is 'other'.")
+    audit = ReviewAction(photo_id=photo_id, organiser_id=organiser_id, action="reject", reason=reason, note=note)
     with db.write_transaction(lock=False) as tx:
-        # Conditional update: two organisers rejecting at once take one credit, not two.
-        changed = tx.execute(
-            update(Photo).where(Photo.id == photo_id, Photo.status.in_(CREDITED))
-            .values(status="rejected", review_reason=reason, review_note=note)
-        ).rowcount
-        if changed:
-            user_id, created = tx.execute(select(Photo.user_id, Photo.created_at).where(Photo.id == photo_id)).one()
-            if not jobs.clear_hold(tx, photo_id, organiser_id):  # a credit the plate policy held back is gone already
-                credits.adjust(tx, user_id, -1, created)
-            tx.add(ReviewAction(photo_id=photo_id, organiser_id=organiser_id, action="reject", reason=reason, note=note))
-        return bool(changed)
+        moved = _move(tx, photo_id, Photo.status.in_(CREDITED), audit, status="rejected", review_reason=reason, review_note=note)
+        # A credit the plate policy held back is gone already: take it only once.
+        if moved and not jobs.clear_hold(tx, photo_id, organiser_id):
+            credits.adjust(tx, moved.user_id, -1, moved.created_at)
+        return moved is not None
 
 
 def restore(db, photo_id: int, organiser_id: int, note: str | None = None) -> bool:
     """A rejected photo counts again; a flagged one loses its flag. True if anything changed."""
-    note = (note or "").strip()[:500] or None
+    note = _note(note)
     with db.write_transaction(lock=False) as tx:
-        unrejected = tx.execute(
-            update(Photo).where(Photo.id == photo_id, Photo.status == "rejected")
-            .values(status="accepted", review_reason=None, review_note=None)
-        ).rowcount
-        if unrejected:
-            user_id, created = tx.execute(select(Photo.user_id, Photo.created_at).where(Photo.id == photo_id)).one()
-            credits.adjust(tx, user_id, +1, created)
-            tx.add(ReviewAction(photo_id=photo_id, organiser_id=organiser_id, action="restore", note=note))
+        audit = ReviewAction(photo_id=photo_id, organiser_id=organiser_id, action="restore", note=note)
+        if moved := _move(tx, photo_id, Photo.status == "rejected", audit, status="accepted", review_reason=None, review_note=None):
+            credits.adjust(tx, moved.user_id, +1, moved.created_at)
             return True
-        unflagged = tx.execute(update(Photo).where(Photo.id == photo_id, Photo.status == "flagged").values(status="accepted")).rowcount
-        if unflagged:
-            tx.add(ReviewAction(photo_id=photo_id, organiser_id=organiser_id, action="unflag", note=note))
-        return bool(unflagged)
+        audit = ReviewAction(photo_id=photo_id, organiser_id=organiser_id, action="unflag", note=note)
+        return _move(tx, photo_id, Photo.status == "flagged", audit, status="accepted") is not None
 
 
 def flag(db, photo_id: int, organiser_id: int, note: str | None = None) -> bool:
     """Mark an accepted photo for a second look: it keeps its credit, and the export leaves it
     out unless asked (--include-flagged)."""
-    note = (note or "").strip()[:500] or None
+    audit = ReviewAction(photo_id=photo_id, organiser_id=organiser_id, action="flag", note=_note(note))
     with db.write_transaction(lock=False) as tx:
-        changed = tx.execute(update(Photo).where(Photo.id == photo_id, Photo.status == "accepted").values(status="flagged")).rowcount
-        if changed:
-            tx.add(ReviewAction(photo_id=photo_id, organiser_id=organiser_id, action="flag", note=note))
-        return bool(changed)
+        return _move(tx, photo_id, Photo.status == "accepted", audit, status="flagged") is not None
 
 
 # "Worth a look" filters for the review grid; each is a SQL condition on Photo.
@@ -93,12 +94,23 @@ FILTERS = {
     "": "All photos",
     "no_date": "No capture date",
     "borderline_quality": "Borderline quality",
-    "near_threshold": "Close to another photo",
+    "near_threshold": f"Within {dedup.INDEX_RADIUS} bits of an earlier photo",
     "burst": "Taken in a burst (within 2 s)",
     "flagged": "Flagged",
     "rejected": "Rejected in review",
     **jobs.FILTERS,
 }
+
+
+def filters(near_duplicate_distance: int) -> dict[str, str]:
+    """The filters worth offering under this NEAR_DUPLICATE_DISTANCE.
+
+    "near_threshold" lists the photos intake let in although an earlier photo was within the
+    index radius (``Photo.nearest_distance``): only a NEAR_DUPLICATE_DISTANCE below that radius
+    lets any in, so at the default (31, the radius) it could never match and is not offered."""
+    if near_duplicate_distance >= dedup.INDEX_RADIUS:
+        return {k: v for k, v in FILTERS.items() if k != "near_threshold"}
+    return FILTERS
 
 
 def review_page(session, filter_name: str, page: int, per_page: int = 48):
