@@ -61,11 +61,8 @@ def register():
     if form.validate_on_submit():
         svc = services()
         per_ten_minutes = svc.settings["REGISTRATIONS_PER_ADDRESS"]
-        wait = limits.hit(svc.db, f"register:addr:{request.remote_addr}", limits.Limit(per_ten_minutes, 600))
-        if wait is not None:
-            raise limits.RateLimited(
-                wait, f"Too many accounts were created from this address just now. Wait {limits.wait_phrase(wait)}, then try again."
-            )
+        limits.enforce(svc.db, f"register:addr:{request.remote_addr}", limits.Limit(per_ten_minutes, 600),
+                       "Too many accounts were created from this address just now. Wait {wait}, then try again.")
         try:
             accounts.create_user(svc.db, form.email.data, form.name.data, form.password.data, svc.settings["LICENCE"])
         except accounts.DuplicateEmail:

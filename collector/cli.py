@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -28,10 +29,7 @@ plates_group = AppGroup("plates", help="Read the plate of every accepted photo, 
 @click.option("--password-stdin", is_flag=True, help="Read the password from the first line of standard input.")
 def create_user(email: str, name: str, organiser: bool, password_stdin: bool) -> None:
     """Create an account. Without --password-stdin, asks for the password twice."""
-    if password_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
-    else:
-        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    password = _password(password_stdin, "Password")
     svc = services()
     try:
         user = accounts.create_user(svc.db, email, name, password, svc.settings["LICENCE"], organiser=organiser)
@@ -47,13 +45,8 @@ def create_user(email: str, name: str, organiser: bool, password_stdin: bool) ->
 def set_password(email: str, password_stdin: bool) -> None:
     """Set a new password for EMAIL; every earlier session and remember cookie stops working."""
     svc = services()
-    user = accounts.user_by_email(svc.db.session, email)
-    if user is None:
-        raise click.ClickException(f"no account with email {email}")
-    if password_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
-    else:
-        password = click.prompt("New password", hide_input=True, confirmation_prompt=True)
+    user = _account(svc, email)
+    password = _password(password_stdin, "New password")
     try:
         accounts.set_password(svc.db, user.id, password)
     except accounts.AccountError as exc:
@@ -66,10 +59,22 @@ def set_password(email: str, password_stdin: bool) -> None:
 def create_token(email: str) -> None:
     """Print a new API token for EMAIL as the only line on standard output."""
     svc = services()
+    user = _account(svc, email)
+    click.echo(accounts.create_token(svc.db, user.id).token)
+
+
+def _password(from_stdin: bool, prompt: str) -> str:
+    """The first line of standard input, or the password typed twice at a prompt."""
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    return click.prompt(prompt, hide_input=True, confirmation_prompt=True)
+
+
+def _account(svc, email: str):
     user = accounts.user_by_email(svc.db.session, email)
     if user is None:
         raise click.ClickException(f"no account with email {email}")
-    click.echo(accounts.create_token(svc.db, user.id).token)
+    return user
 
 
 def _files(paths: tuple[str, ...]):
@@ -92,9 +97,7 @@ def _files(paths: tuple[str, ...]):
 def import_photos(paths: tuple[str, ...], as_email: str, as_json: bool) -> None:
     """Run every file (folders recursively) through the same intake as an upload."""
     svc = services()
-    user = accounts.user_by_email(svc.db.session, as_email)
-    if user is None:
-        raise click.ClickException(f"no account with email {as_email}")
+    user = _account(svc, as_email)
     counts: dict[str, int] = {}
     failed = 0
     for path in _files(paths):
@@ -144,30 +147,32 @@ def storage_check(fix: bool, grace_minutes: int, as_json: bool) -> None:
     svc = services()
     report = integrity.check_storage(svc.db, svc.storage, fix=fix, grace=dt.timedelta(minutes=grace_minutes),
                                      spool_dir=svc.intake.spool_dir)
-    if as_json:
-        click.echo(json.dumps(report.as_dict(), indent=2))
-    else:
-        click.echo(f"{report.rows} photo rows, {report.objects} objects in {svc.storage!r}")
-        for pid, key in report.missing:
-            click.echo(f"MISSING  photo {pid}: {key}")
-        for obj in report.orphans:
-            click.echo(f"orphan   {obj.key} ({obj.size} bytes, {obj.modified:%Y-%m-%d %H:%M})")
-        for obj in report.temporaries:
-            click.echo(f"temp     {obj.key} ({obj.size} bytes, {obj.modified:%Y-%m-%d %H:%M}): a write a killed process left")
-        for name in report.spool:
-            click.echo(f"spool    {name}: an upload a killed worker left (a whole original)")
-        for key in report.quarantined:
-            click.echo(f"moved    {key} -> {integrity.QUARANTINE}{key}")
-        for key in report.removed:
-            click.echo(f"removed  {key}")
-        if report.missing:
-            click.echo(f"ERROR: {len(report.missing)} objects missing")
-        elif not report.healthy:
-            click.echo("NOT CLEAN: stale orphans, temporary objects or spool files; run with --fix")
-        else:
-            click.echo("healthy")
+    lines = [json.dumps(report.as_dict(), indent=2)] if as_json else _storage_report_lines(report, svc.storage)
+    for line in lines:
+        click.echo(line)
     if not report.healthy:
         sys.exit(1)
+
+
+def _storage_report_lines(report: integrity.StorageReport, storage) -> Iterator[str]:
+    """storage-check's report for people: what it looked at, one line a finding, a verdict."""
+    yield f"{report.rows} photo rows, {report.objects} objects in {storage!r}"
+    yield from (f"MISSING  photo {pid}: {key}" for pid, key in report.missing)
+    yield from (f"orphan   {_described(obj)}" for obj in report.orphans)
+    yield from (f"temp     {_described(obj)}: a write a killed process left" for obj in report.temporaries)
+    yield from (f"spool    {name}: an upload a killed worker left (a whole original)" for name in report.spool)
+    yield from (f"moved    {key} -> {integrity.QUARANTINE}{key}" for key in report.quarantined)
+    yield from (f"removed  {key}" for key in report.removed)
+    if report.missing:
+        yield f"ERROR: {len(report.missing)} objects missing"
+    elif not report.healthy:
+        yield "NOT CLEAN: stale orphans, temporary objects or spool files; run with --fix"
+    else:
+        yield "healthy"
+
+
+def _described(obj) -> str:
+    return f"{obj.key} ({obj.size} bytes, {obj.modified:%Y-%m-%d %H:%M})"
 
 
 @click.command("export")

@@ -38,6 +38,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,10 +109,30 @@ def _corrupt(why: str) -> Refused:
     return Refused("corrupt", why)
 
 
+# Start-of-frame markers (SOF0-SOF15 but DHT, JPG and DAC), and those of progressive frames.
+_SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+_PROGRESSIVE_SOF = frozenset({0xC2, 0xC6, 0xCA, 0xCE})
+
+
 def _jpeg(data: bytes) -> Header:
-    size = len(data)
     if data[:2] != b"\xff\xd8":
         raise _corrupt("JPEG: no start-of-image marker")
+    (marker, at), first_scan = _jpeg_segments(data)
+    width, height, factors = _jpeg_frame(data, at)
+    scans = _jpeg_scans(data, at, first_scan, width, height)
+    bpp = 0.0
+    if marker in _PROGRESSIVE_SOF or scans > 1 or len(factors) > 4:
+        # libjpeg keeps every coefficient of the image until the last scan, whatever the scale.
+        hmax, vmax = max(h for h, _ in factors), max(v for _, v in factors)
+        samples = sum(h * v for h, v in factors) / (hmax * vmax)
+        bpp = JPEG_COEFFICIENT_BYTES * samples
+    return Header(width, height, bpp, scans)
+
+
+def _jpeg_segments(data: bytes) -> tuple[tuple[int, int], int]:
+    """Walk the segments up to the first scan, each inside the file: the frame header's
+    (marker, position) and the position of the first start-of-scan marker."""
+    size = len(data)
     pos, sof = 2, None
     for _ in range(MAX_CHUNKS):
         # Markers may be preceded by any number of 0xFF fill bytes.
@@ -123,25 +144,29 @@ def _jpeg(data: bytes) -> Header:
             raise _corrupt(f"JPEG: no marker at byte {pos}")
         marker = data[pos + 1]
         if 0xD0 <= marker <= 0xD7 or marker in (0x01, 0xD8):
-            pos += 2
+            pos += 2  # a marker without a segment
             continue
         if marker == 0xD9:
             raise _corrupt("JPEG: the image ends before its first scan")
         (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
         if length < 2 or pos + 2 + length > size:
             raise _corrupt(f"JPEG: segment 0xFF{marker:02X} runs past the end of the file")
-        if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
+        if marker in _SOF_MARKERS:
             if sof is not None:
                 raise _corrupt("JPEG: two frame headers before the first scan")
             sof = (marker, pos)
         if marker == 0xDA:
-            break
+            if sof is None:
+                raise _corrupt("JPEG: a scan without a frame header")
+            return sof, pos
         pos += 2 + length
-    else:
-        raise Refused("too_complex", "JPEG: too many segments before the first scan")
-    if sof is None:
-        raise _corrupt("JPEG: a scan without a frame header")
-    marker, at = sof
+    raise Refused("too_complex", "JPEG: too many segments before the first scan")
+
+
+def _jpeg_frame(data: bytes, at: int) -> tuple[int, int, list[tuple[int, int]]]:
+    """Width, height and the components' (horizontal, vertical) sampling factors of the frame
+    header at ``at``."""
+    size = len(data)
     if at + 10 > size:
         raise _corrupt("JPEG: frame header cut short")
     height, width, ncomp = struct.unpack(">HHB", data[at + 5 : at + 10])
@@ -150,23 +175,22 @@ def _jpeg(data: bytes) -> Header:
     factors = [(data[at + 11 + 3 * i] >> 4, data[at + 11 + 3 * i] & 15) for i in range(ncomp)]
     if any(h == 0 or v == 0 for h, v in factors):
         raise _corrupt("JPEG: a component has a zero sampling factor")
-    hmax, vmax = max(h for h, _ in factors), max(v for _, v in factors)
+    return width, height, factors
+
+
+def _jpeg_scans(data: bytes, at: int, first_scan: int, width: int, height: int) -> int:
+    """How many scans follow the frame header at ``at``, refused when their work is too much
+    or the image has no end after them."""
     # Every 0xFF in entropy-coded data is followed by 0x00 or a restart marker, so this counts
     # real start-of-scan markers (and those of an embedded thumbnail or an MPO's second image).
     scans = data.count(b"\xff\xda", at)
     if scans > MAX_JPEG_SCANS:
         raise Refused("too_complex", f"JPEG: {scans} scans, more than the {MAX_JPEG_SCANS} any camera writes")
-    if data.rfind(b"\xff\xd9") < pos:
+    if data.rfind(b"\xff\xd9") < first_scan:
         raise _corrupt("JPEG: no end-of-image marker after the scans (truncated)")
     if scans > 1 and scans * width * height > MAX_SCAN_PIXELS:
         raise Refused("too_complex", f"JPEG: {scans} scans over {width}x{height} pixels")
-    progressive = marker in (0xC2, 0xC6, 0xCA, 0xCE)
-    bpp = 0.0
-    if progressive or scans > 1 or ncomp > 4:
-        # libjpeg keeps every coefficient of the image until the last scan, whatever the scale.
-        samples = sum(h * v for h, v in factors) / (hmax * vmax)
-        bpp = JPEG_COEFFICIENT_BYTES * samples
-    return Header(width, height, bpp, scans)
+    return scans
 
 
 _PNG_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
@@ -212,11 +236,26 @@ def _webp(data: bytes) -> Header:
     (riff,) = struct.unpack("<I", data[4:8])
     if riff + 8 > size:
         raise _corrupt(f"WebP: the file declares {riff + 8} bytes and has {size} (truncated)")
-    end = riff + 8
+    canvas, frame = _webp_canvas_and_frame(data, riff + 8)
+    dims = canvas or frame
+    if dims is None or frame is None:
+        raise _corrupt("WebP: no image frame")
+    w, h = dims
+    if w == 0 or h == 0 or frame[0] == 0 or frame[1] == 0:
+        raise _corrupt(f"WebP: the header declares {w}x{h}")
+    return Header(w, h, FULL_DECODE_BYTES_PER_PIXEL["WEBP"])
+
+
+Size = tuple[int, int]
+
+
+def _webp_canvas_and_frame(data: bytes, end: int) -> tuple[Size | None, Size | None]:
+    """Walk the chunks of data[12:end], each inside it: the extended header's canvas size and
+    the size of the first frame (None when there is none)."""
     pos, canvas, frame = 12, None, None
     for _ in range(MAX_CHUNKS):
         if pos >= end:
-            break
+            return canvas, frame
         if pos + 8 > end:
             raise _corrupt("WebP: a chunk header is cut short")
         kind = data[pos : pos + 4]
@@ -228,28 +267,27 @@ def _webp(data: bytes) -> Header:
             w = int.from_bytes(data[body + 4 : body + 7], "little") + 1
             h = int.from_bytes(data[body + 7 : body + 10], "little") + 1
             canvas = (w, h)
-        elif kind == b"VP8 " and frame is None:
-            if length < 10 or data[body + 3 : body + 6] != b"\x9d\x01\x2a":
-                raise _corrupt("WebP: a lossy frame without its start code")
-            w, h = struct.unpack("<HH", data[body + 6 : body + 10])
-            frame = (w & 0x3FFF, h & 0x3FFF)
-        elif kind == b"VP8L" and frame is None:
-            if length < 5 or data[body] != 0x2F:
-                raise _corrupt("WebP: a lossless frame without its signature")
-            bits = int.from_bytes(data[body + 1 : body + 5], "little")
-            frame = ((bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1)
-        elif kind == b"ANMF" and frame is None:
-            frame = canvas  # the frames of an animation are bounded by the canvas
+        elif frame is None:
+            frame = _webp_frame(data, kind, body, length, canvas)
         pos = body + length + (length & 1)
-    else:
-        raise Refused("too_complex", f"WebP: more than {MAX_CHUNKS} chunks")
-    dims = canvas or frame
-    if dims is None or frame is None:
-        raise _corrupt("WebP: no image frame")
-    w, h = dims
-    if w == 0 or h == 0 or frame[0] == 0 or frame[1] == 0:
-        raise _corrupt(f"WebP: the header declares {w}x{h}")
-    return Header(w, h, FULL_DECODE_BYTES_PER_PIXEL["WEBP"])
+    raise Refused("too_complex", f"WebP: more than {MAX_CHUNKS} chunks")
+
+
+def _webp_frame(data: bytes, kind: bytes, body: int, length: int, canvas: Size | None) -> Size | None:
+    """The size a frame chunk declares; None for a chunk that is no frame."""
+    if kind == b"VP8 ":
+        if length < 10 or data[body + 3 : body + 6] != b"\x9d\x01\x2a":
+            raise _corrupt("WebP: a lossy frame without its start code")
+        w, h = struct.unpack("<HH", data[body + 6 : body + 10])
+        return (w & 0x3FFF, h & 0x3FFF)
+    if kind == b"VP8L":
+        if length < 5 or data[body] != 0x2F:
+            raise _corrupt("WebP: a lossless frame without its signature")
+        bits = int.from_bytes(data[body + 1 : body + 5], "little")
+        return ((bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1)
+    if kind == b"ANMF":
+        return canvas  # the frames of an animation are bounded by the canvas
+    return None
 
 
 def _boxes(data: bytes, start: int, end: int, where: str):
@@ -401,29 +439,15 @@ def decode_small(
     ``on_size(pixels, buffered)`` is called once the size is known, before the pixels are
     decoded (the decoder process sets its CPU allowance there).
     """
-    try:
+    with _decoder_errors_refused():
         with open(path, "rb") as fh:
             data = fh.read()
-        if prechecks:
-            header = precheck(data, fmt)
-            limit = pixel_limit(fmt, header, max_pixels, memory_mb)
-        else:
-            header, limit = Header(0, 0, 0.0), max_pixels
-        if header.width and header.width * header.height > limit:
-            # Before Image.open: Pillow's WebP plugin allocates its canvas when opening.
-            pixels = header.width * header.height
-            raise Refused("too_many_pixels", f"{header.width}x{header.height}", pixels=pixels, limit=limit)
+        header, limit = _header_and_limit(data, fmt, max_pixels, memory_mb, prechecks)
         if fmt == "HEIF":
             _register_heif()
         with Image.open(io.BytesIO(data), formats=PILLOW_FORMATS[fmt]) as im:
             del data
-            width, height = im.size
-            if width <= 0 or height <= 0:
-                raise Refused("corrupt", "the image declares no pixels")
-            if header.width and (width, height) != (header.width, header.height) and fmt != "JPEG":
-                raise Refused("corrupt", f"{fmt}: the decoder reads {width}x{height}, the header says {header.width}x{header.height}")
-            if width * height > limit:
-                raise Refused("too_many_pixels", f"{width}x{height}", pixels=width * height, limit=limit)
+            width, height = _checked_size(im, fmt, header, limit)
             if on_size is not None:
                 on_size(width * height, header.bytes_per_pixel > 0 or not prechecks)
             if fmt == "JPEG":
@@ -431,6 +455,41 @@ def decode_small(
             im.load()  # the one decode: proves the whole stream is intact
             exif = raw_exif(im.info.get("exif"))  # after load: a PNG's eXIf may follow its pixels
             small = to_small_rgb(im)
+    return Small(width, height, small, exif)
+
+
+def _header_and_limit(data: bytes, fmt: str, max_pixels: int, memory_mb: int, prechecks: bool) -> tuple[Header, int]:
+    """The pre-check's header and the pixel limit for this file, refused when the header
+    already declares more pixels than that."""
+    if not prechecks:
+        return Header(0, 0, 0.0), max_pixels
+    header = precheck(data, fmt)
+    limit = pixel_limit(fmt, header, max_pixels, memory_mb)
+    pixels = header.width * header.height
+    if header.width and pixels > limit:
+        # Before Image.open: Pillow's WebP plugin allocates its canvas when opening.
+        raise Refused("too_many_pixels", f"{header.width}x{header.height}", pixels=pixels, limit=limit)
+    return header, limit
+
+
+def _checked_size(im: Image.Image, fmt: str, header: Header, limit: int) -> tuple[int, int]:
+    """The size the decoder reads, refused when it has no pixels, disagrees with the header
+    (JPEG: its draft size may) or is over the limit."""
+    width, height = im.size
+    if width <= 0 or height <= 0:
+        raise Refused("corrupt", "the image declares no pixels")
+    if header.width and (width, height) != (header.width, header.height) and fmt != "JPEG":
+        raise Refused("corrupt", f"{fmt}: the decoder reads {width}x{height}, the header says {header.width}x{header.height}")
+    if width * height > limit:
+        raise Refused("too_many_pixels", f"{width}x{height}", pixels=width * height, limit=limit)
+    return width, height
+
+
+@contextmanager
+def _decoder_errors_refused():
+    """What Pillow and its plugins raise on a hostile or damaged file, as a Refused verdict."""
+    try:
+        yield
     except Refused:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -444,7 +503,6 @@ def decode_small(
         if "memory" in text or "alloc" in text:
             raise Refused("too_complex", f"the decoder ran out of memory: {exc}") from None
         raise Refused("corrupt", f"{type(exc).__name__}: {exc}") from None
-    return Small(width, height, small, exif)
 
 
 def to_small_rgb(im: Image.Image) -> Image.Image:
@@ -646,11 +704,7 @@ class _Decoder:
             self.proc.kill()
         except OSError:
             pass
-        for f in (self.proc.stdin, self.proc.stdout):
-            try:
-                f.close()
-            except OSError:
-                pass
+        self._close_pipes()
         try:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
@@ -658,6 +712,9 @@ class _Decoder:
 
     def forget(self) -> None:
         """In a forked child: drop the parent's decoder without touching the process."""
+        self._close_pipes()
+
+    def _close_pipes(self) -> None:
         for f in (self.proc.stdin, self.proc.stdout):
             try:
                 f.close()

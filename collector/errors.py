@@ -35,79 +35,85 @@ def _rollback() -> None:
         log.exception("rollback failed")
 
 
+def _answer(status: int, code: str, title: str, message: str, headers: dict | None = None, **extra):
+    """The API's JSON error or the error page for people: the same status, sentence and headers."""
+    headers = headers or {}
+    if _wants_json():
+        response = api_error(status, code, message, **extra)
+        response.headers.update(headers)
+        return response
+    return render_template("error.html", status=status, title=title, message=message), status, headers
+
+
 def init_app(app: Flask) -> None:
-    @app.errorhandler(CSRFError)
-    def csrf_error(exc: CSRFError):
-        services().db.session.rollback()
-        message = "The page's security token is missing or expired. Reload the page and try again."
-        if _wants_json():
-            return api_error(400, "csrf_failed", message)
-        return render_template("error.html", status=400, title="Please reload the page", message=message), 400
+    app.register_error_handler(CSRFError, csrf_error)
+    app.register_error_handler(RateLimited, rate_limited)
+    for database_fault in (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError):
+        app.register_error_handler(database_fault, database_unavailable)
+    app.register_error_handler(413, too_large)
+    app.register_error_handler(HTTPException, http_error)
+    app.register_error_handler(Exception, unexpected)
 
-    @app.errorhandler(RateLimited)
-    def rate_limited(exc: RateLimited):
-        _rollback()
-        headers = {"Retry-After": str(exc.retry_after)}
-        if _wants_json():
-            response = api_error(429, exc.code, exc.message, retry_after=exc.retry_after)
-            response.headers.update(headers)
-            return response
-        return render_template("error.html", status=429, title="Please wait", message=exc.message), 429, headers
 
-    @app.errorhandler(sa_exc.OperationalError)
-    @app.errorhandler(sa_exc.InterfaceError)
-    @app.errorhandler(sa_exc.TimeoutError)
-    def database_unavailable(exc: Exception):
-        """A locked SQLite file or an unreachable PostgreSQL: 503 with Retry-After, said plainly."""
-        _rollback()
-        text = str(exc).lower()  # SQLite: "database is locked"; PostgreSQL: "... due to lock timeout"
-        locked = any(word in text for word in ("locked", "lock timeout", "busy"))
-        retry_after, message = DB_LOCKED if locked else DB_DOWN
-        log.warning("database unavailable on %s %s: %s", request.method, request.path, str(exc).splitlines()[0][:200])
-        g._login_user = login_manager.anonymous_user()  # the page must not ask the database who you are
-        headers = {"Retry-After": str(retry_after)}
-        if _wants_json():
-            response = api_error(503, "service_unavailable", message, retry_after=retry_after)
-            response.headers.update(headers)
-            return response
-        return render_template("error.html", status=503, title="Try again shortly", message=message), 503, headers
+def csrf_error(exc: CSRFError):
+    _rollback()
+    message = "The page's security token is missing or expired. Reload the page and try again."
+    return _answer(400, "csrf_failed", "Please reload the page", message)
 
-    @app.errorhandler(413)
-    def too_large(exc):
+
+def rate_limited(exc: RateLimited):
+    _rollback()
+    return _answer(429, exc.code, "Please wait", exc.message, {"Retry-After": str(exc.retry_after)},
+                   retry_after=exc.retry_after)
+
+
+def database_unavailable(exc: Exception):
+    """A locked SQLite file or an unreachable PostgreSQL: 503 with Retry-After, said plainly."""
+    _rollback()
+    text = str(exc).lower()  # SQLite: "database is locked"; PostgreSQL: "... due to lock timeout"
+    locked = any(word in text for word in ("locked", "lock timeout", "busy"))
+    retry_after, message = DB_LOCKED if locked else DB_DOWN
+    log.warning("database unavailable on %s %s: %s", request.method, request.path, str(exc).splitlines()[0][:200])
+    g._login_user = login_manager.anonymous_user()  # the page must not ask the database who you are
+    return _answer(503, "service_unavailable", "Try again shortly", message, {"Retry-After": str(retry_after)},
+                   retry_after=retry_after)
+
+
+def too_large(exc):
+    _rollback()
+    length, limit = request.content_length, request.max_content_length
+    if length is not None and limit is not None and length <= limit:
+        # Werkzeug says 413 also for a form of too many parts or an oversized text field.
+        message = ("The form has too many parts (at most 1,000) or a text field over 1 MB. "
+                   "Send at most 30 photos per form, or one per API request.")
+        return _answer(400, "bad_request", "Bad request", message)
+    rejection = reject("too_large", max_mb=services().settings["MAX_UPLOAD_MB"])
+    if _wants_json():
+        return _too_large_verdict(rejection), 413
+    return render_template("error.html", status=413, title="Too large", message=rejection.message), 413
+
+
+def _too_large_verdict(rejection) -> dict:
+    """The API's verdict on an upload over the size limit, recorded as a refusal when it was a
+    photo upload by a known contributor, as every other refusal is."""
+    body = {"status": "rejected", "code": rejection.code, "message": rejection.message, "photo": None}
+    user = request_user() if request.endpoint == "api.upload_photo" else None
+    if user is not None:
         svc = services()
-        svc.db.session.rollback()
-        length, limit = request.content_length, request.max_content_length
-        if length is not None and limit is not None and length <= limit:
-            # Werkzeug says 413 also for a form of too many parts or an oversized text field.
-            message = ("The form has too many parts (at most 1,000) or a text field over 1 MB. "
-                       "Send at most 30 photos per form, or one per API request.")
-            if _wants_json():
-                return api_error(400, "bad_request", message)
-            return render_template("error.html", status=400, title="Bad request", message=message), 400
-        rejection = reject("too_large", max_mb=svc.settings["MAX_UPLOAD_MB"])
-        if _wants_json():
-            body = {"status": "rejected", "code": rejection.code, "message": rejection.message, "photo": None}
-            user = request_user() if request.endpoint == "api.upload_photo" else None
-            if user is not None:
-                svc.intake.record_rejection(user.id, rejection.code, rejection.message, "(unknown)", None, request.content_length)
-                body["progress"] = progress_of(svc.db.session, user.id, svc.settings["QUOTA"]).as_dict()
-            return body, 413
-        return render_template("error.html", status=413, title="Too large", message=rejection.message), 413
+        svc.intake.record_rejection(user.id, rejection.code, rejection.message, "(unknown)", None, request.content_length)
+        body["progress"] = progress_of(svc.db.session, user.id, svc.settings["QUOTA"]).as_dict()
+    return body
 
-    @app.errorhandler(HTTPException)
-    def http_error(exc: HTTPException):
-        services().db.session.rollback()
-        if _wants_json():
-            code = (exc.name or "error").lower().replace(" ", "_").replace("'", "")
-            return api_error(exc.code or 500, code, exc.description or exc.name)
-        return render_template("error.html", status=exc.code, title=exc.name, message=exc.description), exc.code
 
-    @app.errorhandler(Exception)
-    def unexpected(exc: Exception):
-        _rollback()
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        message = ("Something went wrong on our side and this request was not completed. "
-                   "Check your photos page to see what was recorded, then try again.")
-        if _wants_json():
-            return api_error(500, "internal_error", message)
-        return render_template("error.html", status=500, title=InternalServerError.name, message=message), 500
+def http_error(exc: HTTPException):
+    _rollback()
+    code = (exc.name or "error").lower().replace(" ", "_").replace("'", "")
+    return _answer(exc.code or 500, code, exc.name, exc.description or exc.name)
+
+
+def unexpected(exc: Exception):
+    _rollback()
+    log.exception("unhandled error on %s %s", request.method, request.path)
+    message = ("Something went wrong on our side and this request was not completed. "
+               "Check your photos page to see what was recorded, then try again.")
+    return _answer(500, "internal_error", InternalServerError.name, message)

@@ -187,30 +187,44 @@ class Intake:
         return verdict
 
     def _stages(self, user_id: int, up: Spooled, filename: str) -> Verdict:
-        s = self.settings
-        if up.size == 0:
-            return self._rejected(user_id, reject("empty_file"))
-        if up.truncated:
-            return self._rejected(user_id, reject("too_large", max_mb=s["MAX_UPLOAD_MB"]))
-        if known := self.known(user_id, up.sha256):
-            return known
-        ins = inspect(up.path, up.head, s)
+        if verdict := self._received_verdict(user_id, up):
+            return verdict
+        ins = inspect(up.path, up.head, self.settings)
         if isinstance(ins, Rejection):
             return self._rejected(user_id, ins, up.sha256)
         described = ins.describe()
-        if rejection := checks.first_rejection(ins, s):
+        if rejection := checks.first_rejection(ins, self.settings):
             return self._rejected(user_id, rejection, up.sha256, described)
-        with self.db.Session() as session:
-            # Near-duplicates outside the lock, where they are usually found; should one turn up,
-            # ``decide`` asks the exact and cap questions again first, so a retry racing its
-            # own first attempt is "already uploaded", never "near duplicate".
-            near = dedup.nearest(session, ins.fingerprint.variants)
-            if near is not None and near.distance <= s["NEAR_DUPLICATE_DISTANCE"]:
-                if verdict := self.decide(session, user_id, up.sha256, ins.fingerprint.variants, described).verdict:
-                    return verdict
+        if verdict := self._near_verdict(user_id, up.sha256, ins, described):
+            return verdict
         stored = self._store(user_id, up, ins, described)
         if isinstance(stored, Verdict):
             return stored
+        return self._commit_or_take_back(user_id, up, ins, described, stored, filename)
+
+    def _received_verdict(self, user_id: int, up: Spooled) -> Verdict | None:
+        """The verdict on a spooled upload before its bytes are read: empty, over the size
+        limit, or ``known`` from its hash alone."""
+        if up.size == 0:
+            return self._rejected(user_id, reject("empty_file"))
+        if up.truncated:
+            return self._rejected(user_id, reject("too_large", max_mb=self.settings["MAX_UPLOAD_MB"]))
+        return self.known(user_id, up.sha256)
+
+    def _near_verdict(self, user_id: int, sha256: str, ins: Inspection, described: dict) -> Verdict | None:
+        """Near-duplicates outside the lock, where they are usually found; should one turn up,
+        ``decide`` asks the exact and cap questions again first, so a retry racing its own
+        first attempt is "already uploaded", never "near duplicate"."""
+        with self.db.Session() as session:
+            near = dedup.nearest(session, ins.fingerprint.variants)
+            if near is None or near.distance > self.settings["NEAR_DUPLICATE_DISTANCE"]:
+                return None
+            return self.decide(session, user_id, sha256, ins.fingerprint.variants, described).verdict
+
+    def _commit_or_take_back(self, user_id: int, up: Spooled, ins: Inspection, described: dict, stored: Stored,
+                             filename: str) -> Verdict:
+        """``_commit``; on a refusal or a failure, the stored objects this attempt created are
+        taken back (unless a photo row holds these very bytes)."""
         try:
             return self._commit(user_id, up, ins, described, stored, filename)
         except Refused as refused:

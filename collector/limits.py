@@ -75,6 +75,14 @@ def hit(db, key: str, limit: Limit) -> int | None:
     return _retry_after(start, limit, now) if count > limit.count else None
 
 
+def enforce(db, key: str, limit: Limit, message: str) -> None:
+    """Count one event under ``key``; over the limit, raise RateLimited with ``message``, in
+    which ``{wait}`` becomes how long to wait."""
+    wait = hit(db, key, limit)
+    if wait is not None:
+        raise RateLimited(wait, message.format(wait=wait_phrase(wait)))
+
+
 def peek(session, key: str, limit: Limit) -> int | None:
     """Like ``hit`` without counting: the seconds to wait when the limit is already reached."""
     now = utcnow()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import logging
+import struct
 import threading
 from dataclasses import asdict, dataclass
 from fractions import Fraction
@@ -210,16 +211,10 @@ def exif_damage(blob: bytes) -> str | None:
     phones write this correctly; a file that does not is damaged or was crafted. Bounded: each
     IFD is visited once, with at most MAX_ENTRIES entries.
     """
-    import struct
-
-    if blob[:4] == b"II*\x00":
-        order = "<"
-    elif blob[:4] == b"MM\x00*":
-        order = ">"
-    else:
+    order = _BYTE_ORDERS.get(blob[:4])
+    if order is None:
         return "the EXIF block has no TIFF header"
-    size = len(blob)
-    if size < 8:  # "II*\0" and no room for the first directory's offset
+    if len(blob) < 8:  # "II*\0" and no room for the first directory's offset
         return "the EXIF block is shorter than its TIFF header"
     seen: set[int] = set()
     todo = [(struct.unpack(order + "I", blob[4:8])[0], "IFD0")]
@@ -230,29 +225,48 @@ def exif_damage(blob: bytes) -> str | None:
         if offset in seen:
             return f"the {name} directory loops back on itself"
         seen.add(offset)
-        if offset < 8 or offset + 2 > size:
-            return f"the {name} directory lies outside the EXIF block"
-        (count,) = struct.unpack(order + "H", blob[offset : offset + 2])
-        if count > MAX_ENTRIES or offset + 2 + 12 * count > size:
-            return f"the {name} directory is truncated"
-        for i in range(count):
-            base = offset + 2 + 12 * i
-            tag, ftype, n = struct.unpack(order + "HHI", blob[base : base + 8])
-            if ftype not in _TYPE_SIZES:
-                return f"tag 0x{tag:04X} in {name} has an invalid type ({ftype})"
-            length = _TYPE_SIZES[ftype] * n
-            if length > 4:
-                (data_at,) = struct.unpack(order + "I", blob[base + 8 : base + 12])
-                if data_at + length > size:
-                    return f"tag 0x{tag:04X} in {name} points outside the EXIF block"
-            if tag in _POINTERS and name in ("IFD0", "Exif"):
-                if ftype in (4, 13) and n == 0:
-                    continue  # an empty pointer, as some writers leave it: no such directory
-                if ftype not in (4, 13) or n != 1:
-                    return f"the {_POINTERS[tag]} pointer in {name} is not a pointer"
-                todo.append((struct.unpack(order + "I", blob[base + 8 : base + 12])[0], _POINTERS[tag]))
-        if name == "IFD0":
-            next_at = offset + 2 + 12 * count
-            if next_at + 4 <= size:
-                todo.append((struct.unpack(order + "I", blob[next_at : next_at + 4])[0], "IFD1"))
+        if damage := _directory_damage(blob, order, offset, name, todo):
+            return damage
+    return None
+
+
+_BYTE_ORDERS = {b"II*\x00": "<", b"MM\x00*": ">"}
+
+
+def _directory_damage(blob: bytes, order: str, offset: int, name: str, todo: list[tuple[int, str]]) -> str | None:
+    """What is wrong with the directory ``name`` at ``offset``, if anything; the directories
+    it points to are added to ``todo``."""
+    size = len(blob)
+    if offset < 8 or offset + 2 > size:
+        return f"the {name} directory lies outside the EXIF block"
+    (count,) = struct.unpack(order + "H", blob[offset : offset + 2])
+    if count > MAX_ENTRIES or offset + 2 + 12 * count > size:
+        return f"the {name} directory is truncated"
+    for i in range(count):
+        if damage := _entry_damage(blob, order, offset + 2 + 12 * i, name, todo):
+            return damage
+    if name == "IFD0":
+        next_at = offset + 2 + 12 * count
+        if next_at + 4 <= size:
+            todo.append((struct.unpack(order + "I", blob[next_at : next_at + 4])[0], "IFD1"))
+    return None
+
+
+def _entry_damage(blob: bytes, order: str, base: int, name: str, todo: list[tuple[int, str]]) -> str | None:
+    """What is wrong with the 12-byte directory entry at ``base``, if anything; a pointer to
+    another directory is added to ``todo``."""
+    tag, ftype, n = struct.unpack(order + "HHI", blob[base : base + 8])
+    if ftype not in _TYPE_SIZES:
+        return f"tag 0x{tag:04X} in {name} has an invalid type ({ftype})"
+    length = _TYPE_SIZES[ftype] * n
+    if length > 4:
+        (data_at,) = struct.unpack(order + "I", blob[base + 8 : base + 12])
+        if data_at + length > len(blob):
+            return f"tag 0x{tag:04X} in {name} points outside the EXIF block"
+    if tag in _POINTERS and name in ("IFD0", "Exif"):
+        if ftype in (4, 13) and n == 0:
+            return None  # an empty pointer, as some writers leave it: no such directory
+        if ftype not in (4, 13) or n != 1:
+            return f"the {_POINTERS[tag]} pointer in {name} is not a pointer"
+        todo.append((struct.unpack(order + "I", blob[base + 8 : base + 12])[0], _POINTERS[tag]))
     return None

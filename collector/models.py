@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Annotated
 
 from sqlalchemy import (
     BigInteger,
@@ -43,17 +44,23 @@ class Base(DeclarativeBase):
     pass
 
 
+# The integer primary key and the "when" columns that default to now, declared once for every
+# table (SQLAlchemy's Annotated column types; the schema is unchanged).
+IntId = Annotated[int, mapped_column(Integer, primary_key=True)]
+DefaultNow = Annotated[dt.datetime, mapped_column(UTCDateTime, default=utcnow)]
+
+
 class User(Base):
     __tablename__ = "users"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[IntId]
     email: Mapped[str] = mapped_column(String(254), unique=True)  # stored lower-cased
     name: Mapped[str] = mapped_column(String(120))
     password_hash: Mapped[str] = mapped_column(String(255))
     is_organiser: Mapped[bool] = mapped_column(Boolean, default=False)
     licence: Mapped[str] = mapped_column(String(60))
     consented_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
-    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    created_at: Mapped[DefaultNow]
     # Kept in the same transaction as every photo row that changes it; see credits.py.
     accepted_count: Mapped[int] = mapped_column(Integer, default=0, index=True)
     last_upload_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, index=True)
@@ -89,11 +96,11 @@ class ApiToken(Base):
 
     __tablename__ = "api_tokens"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[IntId]
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     prefix: Mapped[str] = mapped_column(String(12))
-    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    created_at: Mapped[DefaultNow]
     last_used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
@@ -103,7 +110,7 @@ class ApiToken(Base):
 class Photo(Base):
     __tablename__ = "photos"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[IntId]
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
     # The unique constraint has the last word on exact duplicates, across all contributors.
     sha256: Mapped[str] = mapped_column(String(64), unique=True)
@@ -133,7 +140,7 @@ class Photo(Base):
     burst: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
     review_reason: Mapped[str | None] = mapped_column(String(40))
     review_note: Mapped[str | None] = mapped_column(String(500))
-    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    created_at: Mapped[DefaultNow] = mapped_column(index=True)
 
     user: Mapped[User] = relationship(back_populates="photos")
     actions: Mapped[list[ReviewAction]] = relationship(order_by="ReviewAction.id")
@@ -149,13 +156,13 @@ class ReviewAction(Base):
 
     __tablename__ = "review_actions"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[IntId]
     photo_id: Mapped[int] = mapped_column(ForeignKey("photos.id", ondelete="CASCADE"), index=True)
     organiser_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
     action: Mapped[str] = mapped_column(String(20))  # reject | restore | flag
     reason: Mapped[str | None] = mapped_column(String(40))
     note: Mapped[str | None] = mapped_column(String(500))
-    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    created_at: Mapped[DefaultNow]
 
     organiser: Mapped[User] = relationship()
 
@@ -202,14 +209,14 @@ class UploadRejection(Base):
 
     __tablename__ = "upload_rejections"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[IntId]
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     code: Mapped[str] = mapped_column(String(40), index=True)
     message: Mapped[str] = mapped_column(String(500))
     filename: Mapped[str] = mapped_column(String(255))
     sha256: Mapped[str | None] = mapped_column(String(64))
     size_bytes: Mapped[int | None] = mapped_column(BigInteger)
-    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    created_at: Mapped[DefaultNow]
 
     # by sha256: a file refused for its bytes alone (a bomb, a corrupt file) is answered again
     # from this table without being decoded again (intake.decide)
@@ -246,8 +253,8 @@ class ResumableUpload(Base):
     # receiving | finishing (one worker runs intake) | done (verdict kept)
     state: Mapped[str] = mapped_column(String(20), default="receiving")
     verdict: Mapped[str | None] = mapped_column(String(4000))  # the verdict as JSON
-    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
-    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    created_at: Mapped[DefaultNow]
+    updated_at: Mapped[DefaultNow]
     expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
 
 
@@ -290,7 +297,7 @@ class PhotoPlate(Base):
 
     __tablename__ = "photo_plates"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[IntId]
     photo_id: Mapped[int] = mapped_column(ForeignKey("photos.id", ondelete="CASCADE"))
     position: Mapped[int] = mapped_column(Integer)  # 0 = the best plate of the photo
     x: Mapped[int | None] = mapped_column(Integer)

@@ -282,17 +282,51 @@ def head(upload_id: str):
 
 
 def patch(upload_id: str):
-    svc = services()
-    if request.mimetype != "application/offset+octet-stream":
-        return api_error(415, "bad_content_type", "Send the bytes as 'Content-Type: application/offset+octet-stream'.")
+    """Store the bytes of one PATCH as a part and move the offset past them; on the last byte,
+    finish the upload."""
+    if (refusal := _patch_headers_refusal()) is not None:
+        return refusal
     start = _int_header("Upload-Offset")
-    if start is None:
-        return api_error(400, "bad_request", "Give the offset these bytes start at in Upload-Offset.")
+    algo, expected = _checksum_header()
+    row = _own(upload_id)
+    if (answer := _patch_target_answer(row, start)) is not None:
+        return answer
+    remaining = row.length - start
+    services().db.session.rollback()  # no transaction open while the bytes trickle in
+    got = _receive(remaining, algo)
+    try:
+        answer = _received_refusal(got, remaining, algo, expected) or _append_part(row, start, got)
+    finally:
+        got.path.unlink(missing_ok=True)
+    if answer is not None:
+        return answer
+    if row.offset == row.length:
+        return _finish_or_report(row)
+    return _empty(204, Upload_Offset=row.offset, Upload_Expires=_http_date(row.expires_at))
+
+
+def _checksum_header() -> tuple[str | None, str]:
+    """Upload-Checksum as (algorithm, base64 digest); (None, "") without one."""
     checksum = request.headers.get("Upload-Checksum")
     algo, _, expected = (checksum or "").partition(" ")
-    if checksum and algo not in CHECKSUMS:
+    return (algo if checksum else None), expected
+
+
+def _patch_headers_refusal():
+    """The answer to a PATCH whose headers are wrong, before the upload is looked at."""
+    if request.mimetype != "application/offset+octet-stream":
+        return api_error(415, "bad_content_type", "Send the bytes as 'Content-Type: application/offset+octet-stream'.")
+    if _int_header("Upload-Offset") is None:
+        return api_error(400, "bad_request", "Give the offset these bytes start at in Upload-Offset.")
+    algo, _ = _checksum_header()
+    if algo is not None and algo not in CHECKSUMS:
         return api_error(400, "bad_checksum_algorithm", f"Upload-Checksum: use one of {', '.join(CHECKSUMS)}.")
-    row = _own(upload_id)
+    return None
+
+
+def _patch_target_answer(row: ResumableUpload | None, start: int):
+    """The answer when this upload cannot take bytes at ``start``: gone, expired, complete
+    (a retry after a lost reply: its verdict), elsewhere, or in too many pieces already."""
     if row is None:
         return api_error(404, "not_found", "No such upload: it may have expired. Start it again.")
     if row.expires_at <= utcnow():
@@ -300,48 +334,51 @@ def patch(upload_id: str):
     if row.offset == row.length and start == row.length:
         return _finish_or_report(row)  # a retry after a lost reply to the last PATCH
     if start != row.offset or row.state != "receiving":
-        response = api_error(409, "offset_mismatch", f"The server has {row.offset} bytes of this upload; send from there.")
-        response.headers["Upload-Offset"] = str(row.offset)
-        return response
-
+        return _at_offset(api_error(409, "offset_mismatch", f"The server has {row.offset} bytes of this upload; send from there."), row)
     if row.parts.count(",") >= MAX_PARTS:
         return api_error(400, "too_many_parts", f"This upload already has {MAX_PARTS} pieces: start it again, sending bigger ones.")
-    remaining = row.length - start
-    svc.db.session.rollback()  # no transaction open while the bytes trickle in
-    got = _receive(remaining, algo if checksum else None)
+    return None
+
+
+def _received_refusal(got: _Received, remaining: int, algo: str | None, expected: str):
+    """The answer when the bytes received are more than the upload lacks, or fail the checksum."""
+    if got.size > remaining:
+        return api_error(413, "too_large", "More bytes than the Upload-Length given at creation.")
+    if algo is not None:
+        if got.cut_off:
+            return api_error(460, "checksum_mismatch", "The connection dropped; send this part again.")
+        if base64.b64encode(got.digest).decode() != expected.strip():
+            return api_error(460, "checksum_mismatch", "The bytes do not match Upload-Checksum; send them again.")
+    return None
+
+
+def _append_part(row: ResumableUpload, start: int, got: _Received):
+    """Store the received bytes as the part after ``start`` and move the offset to its end, if
+    no other request did first; None when done (``row`` is then fresh), else the answer."""
+    if not got.size:
+        return None
+    svc = services()
+    end = start + got.size
     try:
-        if got.size > remaining:
-            return api_error(413, "too_large", "More bytes than the Upload-Length given at creation.")
-        if checksum:
-            if got.cut_off:
-                return api_error(460, "checksum_mismatch", "The connection dropped; send this part again.")
-            if base64.b64encode(got.digest).decode() != expected.strip():
-                return api_error(460, "checksum_mismatch", "The bytes do not match Upload-Checksum; send them again.")
-        end = start + got.size
-        if got.size:
-            try:
-                svc.storage.put_file(part_key(row.id, start, end), got.path, got.sha256)
-            except StorageUnavailable:
-                response = api_error(503, "storage_unavailable", MESSAGES["storage_unavailable"])
-                response.headers["Upload-Offset"] = str(row.offset)
-                return response
-            now = utcnow()
-            moved = _write(
-                update(ResumableUpload)
-                .where(ResumableUpload.id == row.id, ResumableUpload.offset == start, ResumableUpload.state == "receiving")
-                .values(offset=end, parts=ResumableUpload.parts + f"{end},", updated_at=now, expires_at=now + _expiry())
-            )
-            if not moved:  # another request took this range first; our part is not in the chain
-                svc.db.session.refresh(row)
-                response = api_error(409, "offset_mismatch", "Another request sent these bytes first.")
-                response.headers["Upload-Offset"] = str(row.offset)
-                return response
-            svc.db.session.refresh(row)
-    finally:
-        got.path.unlink(missing_ok=True)
-    if row.offset == row.length:
-        return _finish_or_report(row)
-    return _empty(204, Upload_Offset=row.offset, Upload_Expires=_http_date(row.expires_at))
+        svc.storage.put_file(part_key(row.id, start, end), got.path, got.sha256)
+    except StorageUnavailable:
+        return _at_offset(api_error(503, "storage_unavailable", MESSAGES["storage_unavailable"]), row)
+    now = utcnow()
+    moved = _write(
+        update(ResumableUpload)
+        .where(ResumableUpload.id == row.id, ResumableUpload.offset == start, ResumableUpload.state == "receiving")
+        .values(offset=end, parts=ResumableUpload.parts + f"{end},", updated_at=now, expires_at=now + _expiry())
+    )
+    svc.db.session.refresh(row)
+    if not moved:  # another request took this range first; our part is not in the chain
+        return _at_offset(api_error(409, "offset_mismatch", "Another request sent these bytes first."), row)
+    return None
+
+
+def _at_offset(response, row: ResumableUpload):
+    """``response`` telling the client where the upload stands."""
+    response.headers["Upload-Offset"] = str(row.offset)
+    return response
 
 
 def status(upload_id: str):

@@ -80,15 +80,20 @@ def guard():
         close_connection()
         raise RequestEntityTooLarge()
     if request.endpoint in UPLOAD_ENDPOINTS and not gated:
-        svc = services()
-        per_minute = svc.settings["UPLOADS_PER_MINUTE"]
-        wait = limits.hit(svc.db, f"upload:user:{user.id}", limits.Limit(per_minute, 60))
-        if wait is not None:
-            close_connection()
-            raise limits.RateLimited(
-                wait, f"You sent more than {per_minute} uploads in a minute. Wait {limits.wait_phrase(wait)}, then send the rest."
-            )
+        _count_upload(user.id)
     return None
+
+
+def _count_upload(user_id: int) -> None:
+    """One upload against the contributor's per-minute limit; over it, the connection closes."""
+    svc = services()
+    per_minute = svc.settings["UPLOADS_PER_MINUTE"]
+    try:
+        limits.enforce(svc.db, f"upload:user:{user_id}", limits.Limit(per_minute, 60),
+                       f"You sent more than {per_minute} uploads in a minute. Wait {{wait}}, then send the rest.")
+    except limits.RateLimited:
+        close_connection()
+        raise
 
 
 def _request_user():

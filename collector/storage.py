@@ -14,6 +14,7 @@ import io
 import os
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -192,26 +193,27 @@ class S3Storage:
         return True
 
     def open(self, key: str) -> BinaryIO:
+        with self._missing_as_file_not_found(key):
+            return self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)["Body"]
+
+    def exists(self, key: str) -> bool:
+        try:
+            with self._missing_as_file_not_found(key):
+                self.client.head_object(Bucket=self.bucket, Key=self.prefix + key)
+        except FileNotFoundError:
+            return False
+        return True
+
+    @contextmanager
+    def _missing_as_file_not_found(self, key: str) -> Iterator[None]:
+        """S3's "no such key" as FileNotFoundError; any other failure as StorageUnavailable."""
         from botocore.exceptions import ClientError
 
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)["Body"]
+            yield
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in {"NoSuchKey", "404", "NotFound"}:
                 raise FileNotFoundError(key) from exc
-            raise StorageUnavailable(str(exc)) from exc
-        except self._errors() as exc:
-            raise StorageUnavailable(f"object store unreachable: {exc}") from exc
-
-    def exists(self, key: str) -> bool:
-        from botocore.exceptions import ClientError
-
-        try:
-            self.client.head_object(Bucket=self.bucket, Key=self.prefix + key)
-            return True
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
-                return False
             raise StorageUnavailable(str(exc)) from exc
         except self._errors() as exc:
             raise StorageUnavailable(f"object store unreachable: {exc}") from exc

@@ -12,6 +12,7 @@ from sqlalchemy import delete, insert, select
 
 from collector import create_app, dedup
 from collector.models import Photo, User, utcnow
+from collector.storage import photo_key, thumb_key
 
 pytestmark = pytest.mark.filterwarnings("error")
 
@@ -48,9 +49,9 @@ def seed(db, hashes: list[str], user_id: int, start_id: int | None = None) -> li
         first = start_id or (tx.scalar(select(Photo.id).order_by(Photo.id.desc()).limit(1)) or 0) + 1
         rows = []
         for i, h in enumerate(hashes):
-            pid = first + i
+            pid, sha = first + i, f"{first + i:064x}"
             ids.append(pid)
-            rows.append(dict(id=pid, user_id=user_id, sha256=f"{pid:064x}", storage_key=f"o/{pid}", thumb_key=f"t/{pid}",
+            rows.append(dict(id=pid, user_id=user_id, sha256=sha, storage_key=photo_key(sha, "jpg"), thumb_key=thumb_key(sha),
                              format="JPEG", size_bytes=1, width=1000, height=800, orientation=1, pdq=h, pdq_quality=100,
                              sharpness=1.0, brightness=100.0, contrast=50.0, original_filename="x.jpg"))
         tx.execute(insert(Photo), rows)
@@ -110,9 +111,9 @@ def test_memory_index_equals_sql_lookup(app, kind):
     assert dedup.index_for(db.engine).ready
 
 
-def test_two_workers_on_one_database_catch_up(settings):
+def test_two_workers_on_one_database_catch_up(app, settings):
     """Two apps = two processes' indexes: each sees what the other committed, at once."""
-    a, b = create_app(settings), create_app(settings)
+    a, b = app, create_app(settings)  # the fixture's app, and a second worker's on the same database
     try:
         da, dbb = a.extensions["collector"].db, b.extensions["collector"].db
         assert dedup.index_for(da.engine) is not dedup.index_for(dbb.engine)
@@ -132,7 +133,7 @@ def test_two_workers_on_one_database_catch_up(settings):
             assert match.distance == 0 and match.user_id in (ua, ub)
         same_answers(da, queries(first + second, rnd, 60))
     finally:
-        a.extensions["collector"].db.dispose()
+        b.extensions["collector"].db.dispose()
         b.extensions["collector"].db.dispose()
 
 

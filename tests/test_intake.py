@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 
 from collector import dedup
 from collector.models import HashBand, Photo, UploadRejection, User
+from collector.storage import photo_key, thumb_key
 
 from . import hostile, images, photos
 
@@ -46,7 +47,7 @@ def test_accepts_real_plate_photo_and_stores_it_by_hash(svc, submit, ann):
     with svc.db.Session() as s:
         photo = s.get(Photo, v.photo_id)
         assert photo.sha256 == v.sha256
-        assert photo.storage_key.endswith(f"{v.sha256}.jpg") and v.sha256[:2] in photo.storage_key
+        assert (photo.storage_key, photo.thumb_key) == (photo_key(v.sha256, "jpg"), thumb_key(v.sha256))
         assert (photo.width, photo.height) == (900, 600)
         assert s.scalar(select(func.count()).select_from(HashBand).where(HashBand.photo_id == photo.id)) == 16
         assert s.get(User, ann.id).accepted_count == 1

@@ -4,6 +4,7 @@ nothing stored is left without its row (issue 8: findings 7, 16, 17 and the impo
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -20,6 +21,7 @@ from sqlalchemy import func, select
 
 from collector import imaging
 from collector.models import Photo, User
+from collector.storage import photo_key, thumb_key
 from tests.synthetic import plate_photo
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -132,20 +134,24 @@ def _age(path: Path, seconds: float) -> None:
 
 
 def test_disk_failure_between_original_and_thumbnail_keeps_nothing(svc, submit, ann, runner):
-    thumbs = Path(svc.settings["STORAGE_URL"]) / "thumbs"
-    thumbs.write_text("a file where the thumbnail folder should be")  # every thumbnail write fails
-    v = submit(ann, plate_photo(7, size=(1200, 900)))
+    data = plate_photo(7, size=(1200, 900))
+    folder_key = thumb_key(hashlib.sha256(data).hexdigest()).rpartition("/")[0]
+    blocker = Path(svc.settings["STORAGE_URL"]) / folder_key
+    blocker.parent.mkdir(parents=True)
+    blocker.write_text("a file where the thumbnail's folder should be")  # its thumbnail write fails
+    v = submit(ann, data)
     assert v.code == "storage_unavailable" and "Nothing was kept" in v.message
-    assert [k for k in objects(svc) if k != "thumbs"] == []  # the original written first was taken back
-    thumbs.unlink()
+    assert [k for k in objects(svc) if k != folder_key] == []  # the original written first was taken back
+    blocker.unlink()
     r = runner.invoke(args=["storage-check", "--json", "--grace-minutes", "0"])
     report = json.loads(r.stdout)
     assert r.exit_code == 0 and report["orphans"] == [] and report["healthy"]
-    assert submit(ann, plate_photo(7, size=(1200, 900))).status == "accepted"
+    assert submit(ann, data).status == "accepted"
 
 
 def test_storage_check_reports_and_clears_half_written_objects(svc, runner):
-    folder = Path(svc.settings["STORAGE_URL"]) / "originals" / "ab" / "cd"
+    folder_key = photo_key("abcd" * 16, "jpg").rpartition("/")[0]  # where that photo's original would go
+    folder = Path(svc.settings["STORAGE_URL"]) / folder_key
     folder.mkdir(parents=True)
     tmp = folder / ".tmp-killed"
     tmp.write_bytes(b"half a photo")
@@ -153,9 +159,9 @@ def test_storage_check_reports_and_clears_half_written_objects(svc, runner):
     assert r.exit_code == 0 and "temp" not in r.stdout  # young: a write may be under way
     _age(tmp, 2 * 3600)
     r = runner.invoke(args=["storage-check"])
-    assert r.exit_code == 1 and "temp     originals/ab/cd/.tmp-killed" in r.stdout and "NOT CLEAN" in r.stdout
+    assert r.exit_code == 1 and f"temp     {folder_key}/.tmp-killed" in r.stdout and "NOT CLEAN" in r.stdout
     r = runner.invoke(args=["storage-check", "--fix"])
-    assert r.exit_code == 0 and "removed  originals/ab/cd/.tmp-killed" in r.stdout
+    assert r.exit_code == 0 and f"removed  {folder_key}/.tmp-killed" in r.stdout
     assert not tmp.exists()
 
 

@@ -8,13 +8,12 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import text
 
-from collector import create_app
 from collector.db import MIGRATIONS, Database
 
 from . import photos
 
 
-def test_upgrade_from_the_first_revision_keeps_every_row(settings, database_url):
+def test_upgrade_from_the_first_revision_keeps_every_row(database_url, request):
     db = Database(database_url)
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
@@ -37,19 +36,15 @@ def test_upgrade_from_the_first_revision_keeps_every_row(settings, database_url)
             conn.execute(text("INSERT INTO photo_hash_bands (key, photo_id) SELECT 5, id FROM photos"))
     db.dispose()
 
-    app = create_app(settings)  # start-up applies the newer migrations
-    try:
-        svc = app.extensions["collector"]
-        with svc.db.engine.connect() as conn:
-            assert conn.execute(text("SELECT email, accepted_count, checked_in_at FROM users")).one() == ("old@example.com", 1, None)
-            assert conn.execute(text("SELECT original_filename, status, review_reason FROM photos")).one() == ("old.jpg", "accepted", None)
-            assert conn.execute(text("SELECT count(*) FROM photo_hash_bands")).scalar() == 1
-            assert conn.execute(text("SELECT user_id, pdq FROM photo_hashes")).one() == (1, "0" * 64)
-        # and the upgraded database works
-        v = svc.intake.submit(1, io.BytesIO(photos.named("canon")), "new.jpg")
-        assert v.accepted and v.progress.accepted == 2, v.message
-    finally:
-        app.extensions["collector"].db.dispose()
+    svc = request.getfixturevalue("svc")  # the app, built now on the old schema: start-up applies the newer migrations
+    with svc.db.engine.connect() as conn:
+        assert conn.execute(text("SELECT email, accepted_count, checked_in_at FROM users")).one() == ("old@example.com", 1, None)
+        assert conn.execute(text("SELECT original_filename, status, review_reason FROM photos")).one() == ("old.jpg", "accepted", None)
+        assert conn.execute(text("SELECT count(*) FROM photo_hash_bands")).scalar() == 1
+        assert conn.execute(text("SELECT user_id, pdq FROM photo_hashes")).one() == (1, "0" * 64)
+    # and the upgraded database works
+    v = svc.intake.submit(1, io.BytesIO(photos.named("canon")), "new.jpg")
+    assert v.accepted and v.progress.accepted == 2, v.message
 
 
 def _has_tables(conn) -> bool:

@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import select, update
 
 from collector.models import Photo, ResumableUpload, UploadRejection
+from collector.resumable import PART_PREFIX
 
 from .synthetic import plate_photo
 from .test_scale import workers  # noqa: F401  (the four-worker fixture)
@@ -80,7 +81,7 @@ def test_upload_in_three_patches_gets_the_intake_verdict(tus, svc):
     (photo,) = scalars(svc, select(Photo))
     assert photo.original_filename == "one.jpg" and photo.size_bytes == len(data)
     # the parts are gone; the verdict is kept for a reply that was lost
-    assert not list(svc.storage.list("partial/"))
+    assert not list(svc.storage.list(PART_PREFIX))
     again = tus.client.get(url, headers=tus.headers)
     assert again.status_code == 200 and again.get_json()["status"] == "accepted"
     # the final PATCH replayed: the same verdict, no second photo
@@ -187,9 +188,9 @@ def test_termination_removes_parts_and_row(tus, svc):
     data = plate_photo(6, size=(800, 600))
     url = tus.create(len(data)).headers["Location"]
     tus.patch(url, 0, data[:500])
-    assert list(svc.storage.list("partial/"))
+    assert list(svc.storage.list(PART_PREFIX))
     assert tus.client.delete(url, headers=tus.headers).status_code == 204
-    assert not list(svc.storage.list("partial/"))
+    assert not list(svc.storage.list(PART_PREFIX))
     assert tus.head(url).status_code == 404
 
 
@@ -204,7 +205,7 @@ def test_expired_uploads_are_refused_and_cleaned(tus, svc, runner):
     assert tus.patch(url, 700, data[700:]).status_code == 410
     result = runner.invoke(args=["uploads", "clean"])
     assert result.exit_code == 0 and "removed 1 expired" in result.output
-    assert not list(svc.storage.list("partial/"))
+    assert not list(svc.storage.list(PART_PREFIX))
     assert scalars(svc, select(ResumableUpload)) == []
 
 
@@ -212,7 +213,7 @@ def test_storage_check_leaves_parts_in_progress_alone(tus, svc, runner):
     url = tus.create(5000).headers["Location"]
     tus.patch(url, 0, b"y" * 100)
     result = runner.invoke(args=["storage-check", "--json"])
-    assert "partial/" not in result.output
+    assert PART_PREFIX not in result.output
 
 
 def test_open_uploads_per_account_are_capped(tus, svc):
@@ -238,24 +239,19 @@ def test_by_sha256_answers_from_the_hash_alone(client, auth, tus, submit, make_u
     assert r.status_code == 200 and r.get_json()["code"] == "duplicate"
 
 
-def test_parts_on_s3(s3_settings, make_user):
+def test_parts_on_s3(s3_settings, request):
     """The same protocol with the parts as objects in the loopback S3 server."""
-    from collector import accounts, create_app
+    from collector import accounts
 
-    app = create_app(s3_settings)
-    try:
-        svc = app.extensions["collector"]
-        user = accounts.create_user(svc.db, "s3@example.com", "S", "correct horse battery", "CC BY 4.0")
-        token = accounts.create_token(svc.db, user.id).token
-        t = Tus(app.test_client(), {"Authorization": f"Bearer {token}"})
-        data = plate_photo(9, size=(1024, 768))
-        url = t.create(len(data)).headers["Location"]
-        t.patch(url, 0, data[:4000])
-        assert [o.size for o in svc.storage.list("partial/")] == [4000]
-        assert t.patch(url, 4000, data[4000:]).get_json()["status"] == "accepted"
-        assert not list(svc.storage.list("partial/"))
-    finally:
-        app.extensions["collector"].db.dispose()
+    svc, client = request.getfixturevalue("svc"), request.getfixturevalue("client")  # on s3_settings
+    user = request.getfixturevalue("make_user")("s3@example.com", "S")
+    t = Tus(client, {"Authorization": f"Bearer {accounts.create_token(svc.db, user.id).token}"})
+    data = plate_photo(9, size=(1024, 768))
+    url = t.create(len(data)).headers["Location"]
+    t.patch(url, 0, data[:4000])
+    assert [o.size for o in svc.storage.list(PART_PREFIX)] == [4000]
+    assert t.patch(url, 4000, data[4000:]).get_json()["status"] == "accepted"
+    assert not list(svc.storage.list(PART_PREFIX))
 
 
 def test_uploads_across_four_gunicorn_workers(workers):  # noqa: F811  (the fixture imported above)

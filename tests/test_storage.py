@@ -7,6 +7,7 @@ import io
 
 import pytest
 
+from collector.integrity import QUARANTINE
 from collector.storage import LocalStorage, S3Storage, StorageUnavailable, open_storage, photo_key, thumb_key
 
 
@@ -115,12 +116,13 @@ def test_storage_check_clean_then_reports_a_deleted_object(backend_settings, req
     assert r.exit_code == 0 and json.loads(r.stdout)["missing"] == [] and json.loads(r.stdout)["orphans"] == []
 
     # an orphan, as a crash between store and commit would leave it
-    svc.storage.put_bytes("originals/ff/ff/orphan.jpg", b"left behind")
+    orphan = photo_key("f" * 64, "jpg")
+    svc.storage.put_bytes(orphan, b"left behind")
     r = runner.invoke(args=["storage-check", "--fix"])  # too young to touch
-    assert r.exit_code == 0 and "orphan   originals/ff/ff/orphan.jpg" in r.stdout and "moved" not in r.stdout
+    assert r.exit_code == 0 and f"orphan   {orphan}" in r.stdout and "moved" not in r.stdout
     r = runner.invoke(args=["storage-check", "--fix", "--grace-minutes", "0"])
-    assert "moved    originals/ff/ff/orphan.jpg" in r.stdout
-    assert not svc.storage.exists("originals/ff/ff/orphan.jpg") and svc.storage.exists("quarantine/originals/ff/ff/orphan.jpg")
+    assert f"moved    {orphan}" in r.stdout
+    assert not svc.storage.exists(orphan) and svc.storage.exists(QUARANTINE + orphan)
 
     # an object deleted behind the app's back is an error
     key = photo_key(v.sha256, "jpg")
