@@ -4,37 +4,18 @@ from __future__ import annotations
 
 import logging
 import warnings
-from dataclasses import dataclass
 from typing import Any
 
-from flask import Flask, current_app
+from flask import Flask
 from flask.globals import app_ctx
-from flask_login import LoginManager
-from flask_wtf.csrf import CSRFProtect
 from PIL import Image
 
-from . import dedup
+from . import api, auth, cli, dashboard, dedup, errors, pages, resumable, security
 from .config import PROJECT_ROOT, SETTINGS, load_settings
 from .db import Database
 from .intake import Intake
-from .storage import Storage, open_storage
-
-csrf = CSRFProtect()
-login_manager = LoginManager()
-
-
-@dataclass
-class Collector:
-    """The per-app services, kept in ``app.extensions["collector"]``."""
-
-    settings: dict[str, Any]
-    db: Database
-    storage: Storage
-    intake: Intake
-
-
-def services() -> Collector:
-    return current_app.extensions["collector"]
+from .services import Collector, csrf, login_manager
+from .storage import open_storage
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
@@ -83,8 +64,6 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.extensions["collector"] = Collector(settings, db, storage, intake)
     app.teardown_appcontext(lambda exc: db.session.remove())
 
-    from . import api, auth, cli, dashboard, errors, pages, resumable, security
-
     security.init_app(app)  # its guard runs before CSRFProtect reads a form
     csrf.init_app(app)
     login_manager.init_app(app)
@@ -108,17 +87,3 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     if not app.debug and not app.testing:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return app
-
-
-@login_manager.user_loader
-def _load_user(user_id: str):
-    from .models import User
-
-    # "id:session_version" (User.get_id): a cookie from before the last log-out or password
-    # change names an older version and no longer loads anyone.
-    uid, _, version = (user_id or "").partition(":")
-    try:
-        user = services().db.session.get(User, int(uid))
-        return user if user is not None and version == str(user.session_version) else None
-    except ValueError:
-        return None

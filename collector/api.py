@@ -14,10 +14,11 @@ from flask_wtf.csrf import CSRFError, validate_csrf
 from sqlalchemy import select
 from wtforms import ValidationError
 
-from . import accounts, reports, services
+from . import accounts, reports
 from .credits import progress_of
 from .intake import describe_photo
 from .models import Photo, UploadRejection
+from .services import services
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 

@@ -12,8 +12,9 @@ import click
 from flask import Flask
 from flask.cli import AppGroup, with_appcontext
 
-from . import accounts, integrity, jobs, reports, services
+from . import accounts, integrity, jobs, reports
 from . import export as export_mod
+from .services import services
 
 log = logging.getLogger(__name__)
 users = AppGroup("users", help="Manage accounts.")

@@ -8,9 +8,10 @@ from flask import Blueprint, Response, abort, flash, redirect, render_template, 
 from flask_login import current_user, login_required
 from sqlalchemy import func, or_, select
 
-from . import credits, jobs, reports, review, services
+from . import credits, jobs, reports, review
 from .auth import EmptyForm
 from .models import Photo, UploadRejection, User
+from .services import services
 
 bp = Blueprint("dashboard", __name__)
 

@@ -6,13 +6,14 @@ from flask import Blueprint, abort, flash, render_template, request, send_file, 
 from flask_login import current_user, login_required
 from sqlalchemy import select
 
-from . import jobs, services
+from . import jobs
 from .auth import EmptyForm
 from .credits import progress_of
 from .imaging import MIME_TYPES
 from .models import Photo, UploadRejection
 from .review import REASONS
 from .security import MAX_FORM_FILES
+from .services import services
 
 bp = Blueprint("pages", __name__)
 
