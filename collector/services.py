@@ -8,12 +8,12 @@ nothing from the package's ``__init__``, so no module inside ``collector/`` need
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from flask import current_app
 from flask_login import LoginManager
 from flask_wtf.csrf import CSRFProtect
 
+from .config import Settings
 from .db import Database
 from .intake import Intake
 from .models import User
@@ -27,7 +27,7 @@ login_manager = LoginManager()
 class Collector:
     """The per-app services, kept in ``app.extensions["collector"]``."""
 
-    settings: dict[str, Any]
+    settings: Settings
     db: Database
     storage: Storage
     intake: Intake

@@ -19,7 +19,7 @@ import pytest
 import requests
 from sqlalchemy import update
 
-from collector import accounts, create_app
+from collector import accounts
 from collector.db import Database
 from collector.models import Photo
 
@@ -56,20 +56,15 @@ class Unreadable(io.RawIOBase):
 
 
 @pytest.fixture
-def server(settings, tmp_path):
+def server(settings, svc, tmp_path):
     """gunicorn as `make run` starts it, 1 process x 2 app threads (easy to exhaust with threads
     per connection), short header and body deadlines; users made through the same database."""
-    app = create_app(settings)
-    svc = app.extensions["collector"]
     ann = accounts.create_user(svc.db, "ann@example.com", "Ann", PASSWORD, "CC BY 4.0")
     slow = accounts.create_user(svc.db, "slow@example.com", "Slow", PASSWORD, "CC BY 4.0")
     tokens = {"ann": accounts.create_token(svc.db, ann.id).token, "slow": accounts.create_token(svc.db, slow.id).token}
-    try:
-        with gunicorn(settings, tmp_path / "server.log", workers=1, threads=2,
-                      COLLECTOR_HEADER_TIMEOUT="2", COLLECTOR_BODY_TIMEOUT="8") as port:
-            yield port, tokens
-    finally:
-        svc.db.dispose()
+    with gunicorn(settings, tmp_path / "server.log", workers=1, threads=2,
+                  COLLECTOR_HEADER_TIMEOUT="2", COLLECTOR_BODY_TIMEOUT="8") as port:
+        yield port, tokens
 
 
 def upload_head(port: int, token: str | None, length: int, path: str = "/api/v1/photos") -> bytes:
@@ -278,22 +273,18 @@ def test_finding_9_wrong_passwords_stop_the_guesser_not_the_owner(app, svc, make
     assert login(app.test_client(), "ann@example.com", PASSWORD, "10.0.0.7").status_code == 302  # the owner, elsewhere
 
 
-def test_finding_9_past_an_address_ceiling_failures_all_read_the_same(settings, make_user):
-    settings["LOGIN_MAX_FAILURES"] = 1  # the address ceiling is 30 times this
-    app = create_app(settings)
+def test_finding_9_past_an_address_ceiling_failures_all_read_the_same(make_app):
+    app = make_app(LOGIN_MAX_FAILURES=1)  # the address ceiling is 30 times this
     svc = app.extensions["collector"]
-    try:
-        accounts.create_user(svc.db, "ann@example.com", "Ann", PASSWORD, "CC BY 4.0")
-        accounts.create_user(svc.db, "bob@example.com", "Bob", PASSWORD, "CC BY 4.0")
-        for i in range(30):
-            assert accounts.authenticate(svc.db, f"nobody{i}@example.com", "guess", "10.9.9.9", 1) is None
-        client = app.test_client()
-        unknown = login(client, "nobody-else@example.com", "guess", "10.9.9.9")
-        known = login(client, "bob@example.com", "wrong password!", "10.9.9.9")
-        assert unknown.status_code == known.status_code == 429  # no telling which emails exist
-        assert login(client, "ann@example.com", PASSWORD, "10.9.9.9").status_code == 302  # the right password still works
-    finally:
-        svc.db.dispose()
+    accounts.create_user(svc.db, "ann@example.com", "Ann", PASSWORD, "CC BY 4.0")
+    accounts.create_user(svc.db, "bob@example.com", "Bob", PASSWORD, "CC BY 4.0")
+    for i in range(30):
+        assert accounts.authenticate(svc.db, f"nobody{i}@example.com", "guess", "10.9.9.9", 1) is None
+    client = app.test_client()
+    unknown = login(client, "nobody-else@example.com", "guess", "10.9.9.9")
+    known = login(client, "bob@example.com", "wrong password!", "10.9.9.9")
+    assert unknown.status_code == known.status_code == 429  # no telling which emails exist
+    assert login(client, "ann@example.com", PASSWORD, "10.9.9.9").status_code == 302  # the right password still works
 
 
 # --- finding 10: registrations, uploads, tokens ----------------------------------------------
@@ -305,55 +296,43 @@ def register(client, email, addr):
     return client.post("/register", data=data, environ_base={"REMOTE_ADDR": addr})
 
 
-def test_finding_10_registrations_per_address(settings):
-    settings["REGISTRATIONS_PER_ADDRESS"] = 3
-    app = create_app(settings)
-    try:
-        client = app.test_client()
-        for i in range(3):
-            assert register(client, f"p{i}@example.com", "10.0.0.5").status_code == 302
-        r = register(client, "p3@example.com", "10.0.0.5")
-        assert r.status_code == 429 and r.headers["Retry-After"] and "Too many accounts" in r.get_data(as_text=True)
-        assert register(app.test_client(), "p4@example.com", "10.0.0.6").status_code == 302
-    finally:
-        app.extensions["collector"].db.dispose()
+def test_finding_10_registrations_per_address(make_app):
+    app = make_app(REGISTRATIONS_PER_ADDRESS=3)
+    client = app.test_client()
+    for i in range(3):
+        assert register(client, f"p{i}@example.com", "10.0.0.5").status_code == 302
+    r = register(client, "p3@example.com", "10.0.0.5")
+    assert r.status_code == 429 and r.headers["Retry-After"] and "Too many accounts" in r.get_data(as_text=True)
+    assert register(app.test_client(), "p4@example.com", "10.0.0.6").status_code == 302
 
 
-def test_finding_10_uploads_per_account_per_minute(settings):
-    settings["UPLOADS_PER_MINUTE"] = 3
-    app = create_app(settings)
+def test_finding_10_uploads_per_account_per_minute(make_app):
+    app = make_app(UPLOADS_PER_MINUTE=3)
     svc = app.extensions["collector"]
-    try:
-        user = accounts.create_user(svc.db, "ann@example.com", "Ann", PASSWORD, "CC BY 4.0")
-        other = accounts.create_user(svc.db, "bob@example.com", "Bob", PASSWORD, "CC BY 4.0")
-        token, other_token = accounts.create_token(svc.db, user.id).token, accounts.create_token(svc.db, other.id).token
-        client = app.test_client()
-        for i in range(3):
-            r = client.post("/api/v1/photos", **multipart(b"junk %d" % i), headers={"Authorization": f"Bearer {token}"})
-            assert r.status_code != 429
-        r = client.post("/api/v1/photos", input_stream=Unreadable(1000), content_type="multipart/form-data; boundary=x",
-                        headers={"Authorization": f"Bearer {token}"})
-        assert r.status_code == 429 and r.json["code"] == "rate_limited" and int(r.headers["Retry-After"]) > 0
-        assert "uploads in a minute" in r.json["message"]
-        r = client.post("/api/v1/photos", **multipart(b"junk"), headers={"Authorization": f"Bearer {other_token}"})
-        assert r.status_code != 429  # another account is not affected
-    finally:
-        svc.db.dispose()
+    user = accounts.create_user(svc.db, "ann@example.com", "Ann", PASSWORD, "CC BY 4.0")
+    other = accounts.create_user(svc.db, "bob@example.com", "Bob", PASSWORD, "CC BY 4.0")
+    token, other_token = accounts.create_token(svc.db, user.id).token, accounts.create_token(svc.db, other.id).token
+    client = app.test_client()
+    for i in range(3):
+        r = client.post("/api/v1/photos", **multipart(b"junk %d" % i), headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code != 429
+    r = client.post("/api/v1/photos", input_stream=Unreadable(1000), content_type="multipart/form-data; boundary=x",
+                    headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 429 and r.json["code"] == "rate_limited" and int(r.headers["Retry-After"]) > 0
+    assert "uploads in a minute" in r.json["message"]
+    r = client.post("/api/v1/photos", **multipart(b"junk"), headers={"Authorization": f"Bearer {other_token}"})
+    assert r.status_code != 429  # another account is not affected
 
 
-def test_finding_10_api_tokens_per_account(settings):
-    settings["MAX_API_TOKENS"] = 2
-    app = create_app(settings)
-    try:
-        client = app.test_client()
-        auth = Auth(client)
-        auth.register()
-        for _ in range(2):
-            assert client.post("/account/tokens", data={"csrf_token": auth.csrf()}).status_code == 303  # post-redirect-get
-        r = client.post("/account/tokens", data={"csrf_token": auth.csrf()})
-        assert r.status_code == 422 and "revoke one" in r.get_data(as_text=True)
-    finally:
-        app.extensions["collector"].db.dispose()
+def test_finding_10_api_tokens_per_account(make_app):
+    app = make_app(MAX_API_TOKENS=2)
+    client = app.test_client()
+    auth = Auth(client)
+    auth.register()
+    for _ in range(2):
+        assert client.post("/account/tokens", data={"csrf_token": auth.csrf()}).status_code == 303  # post-redirect-get
+    r = client.post("/account/tokens", data={"csrf_token": auth.csrf()})
+    assert r.status_code == 422 and "revoke one" in r.get_data(as_text=True)
 
 
 # --- finding 11: sessions ----------------------------------------------------------------
