@@ -276,7 +276,7 @@ def plates_report(as_json: bool) -> None:
 
 @db_group.command("upgrade")
 def upgrade() -> None:
-    """Apply database migrations (create_app already does this at start-up)."""
+    """Apply database migrations: before serving a new version (make run and gunicorn.conf.py do)."""
     services().db.migrate()
     click.echo("database is at the newest revision", err=True)
 

@@ -21,6 +21,9 @@ from .storage import Storage
 
 csrf = CSRFProtect()
 login_manager = LoginManager()
+login_manager.login_view = "auth.login"
+login_manager.login_message = "Log in to continue."
+login_manager.session_protection = "basic"
 
 
 @dataclass

@@ -246,12 +246,14 @@ def s3_settings(settings, s3_env):
 @pytest.fixture
 def make_app(settings):
     """``make_app(**overrides)``: an app on the test's database and folders with some settings
-    changed (``settings`` plus ``overrides``); disposed of at the end of the test."""
+    changed (``settings`` plus ``overrides``), its database migrated (as `make run` does before
+    serving: create_app never migrates); disposed of at the end of the test."""
     apps = []
 
     def make(**overrides):
         app = create_app({**settings, **overrides})
         apps.append(app)
+        app.extensions["collector"].db.migrate()
         return app
 
     yield make

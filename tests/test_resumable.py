@@ -238,24 +238,21 @@ def test_by_sha256_answers_from_the_hash_alone(client, auth, tus, submit, make_u
     assert r.status_code == 200 and r.get_json()["code"] == "duplicate"
 
 
-def test_parts_on_s3(s3_settings, make_user):
+def test_parts_on_s3(s3_settings, request):
     """The same protocol with the parts as objects in the loopback S3 server."""
-    from collector import accounts, create_app
+    from collector import accounts
 
-    app = create_app(s3_settings)
-    try:
-        svc = app.extensions["collector"]
-        user = accounts.create_user(svc.db, "s3@example.com", "S", "correct horse battery", "CC BY 4.0")
-        token = accounts.create_token(svc.db, user.id).token
-        t = Tus(app.test_client(), {"Authorization": f"Bearer {token}"})
-        data = plate_photo(9, size=(1024, 768))
-        url = t.create(len(data)).headers["Location"]
-        t.patch(url, 0, data[:4000])
-        assert [o.size for o in svc.storage.list("partial/")] == [4000]
-        assert t.patch(url, 4000, data[4000:]).get_json()["status"] == "accepted"
-        assert not list(svc.storage.list("partial/"))
-    finally:
-        app.extensions["collector"].db.dispose()
+    app, svc = request.getfixturevalue("app"), request.getfixturevalue("svc")  # on s3_settings
+    assert svc.settings.STORAGE_URL.startswith("s3://")
+    user = accounts.create_user(svc.db, "s3@example.com", "S", "correct horse battery", "CC BY 4.0")
+    token = accounts.create_token(svc.db, user.id).token
+    t = Tus(app.test_client(), {"Authorization": f"Bearer {token}"})
+    data = plate_photo(9, size=(1024, 768))
+    url = t.create(len(data)).headers["Location"]
+    t.patch(url, 0, data[:4000])
+    assert [o.size for o in svc.storage.list("partial/")] == [4000]
+    assert t.patch(url, 4000, data[4000:]).get_json()["status"] == "accepted"
+    assert not list(svc.storage.list("partial/"))
 
 
 def test_uploads_across_four_gunicorn_workers(workers):  # noqa: F811  (the fixture imported above)
