@@ -41,6 +41,13 @@ def normalise_email(email: str) -> str:
     return (email or "").strip().lower()
 
 
+def _check_password(password: str) -> None:
+    if len(password or "") < MIN_PASSWORD:
+        raise AccountError(f"Choose a password of at least {MIN_PASSWORD} characters.", "password")
+    if len(password) > 1024:
+        raise AccountError("That password is too long.", "password")
+
+
 @functools.cache
 def _dummy_hash() -> str:
     """A hash to verify against when the email is unknown, so that a wrong email costs as much
@@ -56,10 +63,7 @@ def create_user(db, email: str, name: str, password: str, licence: str, organise
         raise AccountError("Enter a valid email address.", "email")
     if not name or len(name) > 120:
         raise AccountError("Enter your name (at most 120 characters).", "name")
-    if len(password or "") < MIN_PASSWORD:
-        raise AccountError(f"Choose a password of at least {MIN_PASSWORD} characters.", "password")
-    if len(password) > 1024:
-        raise AccountError("That password is too long.", "password")
+    _check_password(password)
     user = User(
         email=email,
         name=name,
@@ -130,10 +134,7 @@ def end_sessions(db, user_id: int) -> None:
 
 def set_password(db, user_id: int, password: str) -> None:
     """Change the password and end every earlier session of the account."""
-    if len(password or "") < MIN_PASSWORD:
-        raise AccountError(f"Choose a password of at least {MIN_PASSWORD} characters.", "password")
-    if len(password) > 1024:
-        raise AccountError("That password is too long.", "password")
+    _check_password(password)
     with db.write_transaction(lock=False) as tx:
         tx.execute(
             update(User)

@@ -370,6 +370,15 @@ def test_finding_11_password_change_ends_earlier_sessions(app, client, auth, svc
     assert auth.login(password="a brand new passphrase").status_code == 302
 
 
+@pytest.mark.parametrize("password, says", [("too short", "at least 10 characters"), ("x" * 1025, "too long")])
+def test_a_new_account_and_a_new_password_follow_the_same_rules(svc, make_user, password, says):
+    with pytest.raises(accounts.AccountError, match=says):
+        accounts.create_user(svc.db, "ann@example.com", "Ann", password, "CC BY 4.0")
+    user = make_user()
+    with pytest.raises(accounts.AccountError, match=says):
+        accounts.set_password(svc.db, user.id, password)
+
+
 def test_finding_11_password_change_from_the_command_line(app, client, auth, runner):
     auth.register()
     stolen = cookies_of(client)
