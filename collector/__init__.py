@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 from flask import Flask, g
@@ -78,18 +79,21 @@ def _check_schema_once(app: Flask, db: Database) -> None:
     """Before the first request, one read: a database behind the code's migrations fails every
     request with a message that says what to run, rather than with a missing column somewhere."""
     checked = False
+    lock = threading.Lock()  # the first requests arrive together on several threads
 
     @app.before_request
     def _schema_is_current() -> None:
         nonlocal checked
         if checked:
             return
-        at, head = db.revision(), head_revision()
-        if at != head:
-            log.error("%s (it is at %s, the code needs %s)", NOT_MIGRATED, at, head)
-            g._login_user = login_manager.anonymous_user()  # the error page must not look up users
-            raise ServiceUnavailable(f"The service is not ready: {NOT_MIGRATED}.")
-        checked = True
+        with lock:
+            if not checked:
+                at, head = db.revision(), head_revision()
+                if at != head:
+                    log.error("%s (it is at %s, the code needs %s)", NOT_MIGRATED, at, head)
+                    g._login_user = login_manager.anonymous_user()  # the error page must not look up users
+                    raise ServiceUnavailable(f"The service is not ready: {NOT_MIGRATED}.")
+                checked = True
 
 
 def _register_web(app: Flask) -> None:

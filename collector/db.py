@@ -9,6 +9,7 @@ transaction-level advisory lock. Either way the lock is released at commit or ro
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import shlex
 import sys
@@ -182,8 +183,9 @@ def _alembic_config() -> AlembicConfig:
     return cfg
 
 
+@functools.cache
 def head_revision() -> str | None:
-    """The newest revision of collector/migrations, from the files alone."""
+    """The newest revision of collector/migrations, from the files alone (read once per process)."""
     return ScriptDirectory.from_config(_alembic_config()).get_current_head()
 
 
