@@ -8,3 +8,12 @@ worker_connections = 1000  # open connections per process; beyond it, an immedia
 keepalive = 5  # seconds an idle kept-alive connection stays open
 timeout = 120  # a process whose event loop is stuck this long is restarted
 graceful_timeout = 30
+
+
+def on_starting(server):
+    """Migrations, once, in the master before any worker builds the app (`gunicorn app:app`
+    needs no other step; `make run` has already run `flask --app app db upgrade`)."""
+    from collector.config import load_settings
+    from collector.db import upgrade
+
+    upgrade(load_settings().DATABASE_URL)

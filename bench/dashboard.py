@@ -98,6 +98,7 @@ def main() -> None:
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         app = create_app({"DATA_DIR": tmp, "SECRET_KEY": "bench"})
+        app.extensions["collector"].db.migrate()  # a new database: create_app never migrates
         svc = app.extensions["collector"]
         t0 = time.perf_counter()
         seed(svc.db, args.contributors, args.photos)

@@ -92,6 +92,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=ROOT / "storage") as tmp:  # the disk the app writes to
         tmp = Path(tmp)
         app = create_app({"DATA_DIR": str(tmp / "data"), "SECRET_KEY": "bench", "MAX_PHOTOS": 10**6})
+        app.extensions["collector"].db.migrate()  # a new database: create_app never migrates
         svc = app.extensions["collector"]
         users = [accounts.create_user(svc.db, f"c{i}@example.com", f"C{i}", "bench password 1", "CC BY 4.0")
                  for i in range(args.contributors)]

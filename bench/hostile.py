@@ -110,6 +110,7 @@ def worker(kind: str, path: Path) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="hostile-"))
     app = create_app({"DATA_DIR": str(tmp), "DATABASE_URL": f"sqlite:///{tmp / 'db.sqlite3'}",
                       "STORAGE_URL": str(tmp / "photos"), "SECRET_KEY": "bench", "TESTING": True})
+    app.extensions["collector"].db.migrate()  # a new database: create_app never migrates
     svc = app.extensions["collector"]
     user = create_user(svc.db, "bench@example.com", "Bench", "correct horse battery", "CC BY 4.0")
     svc.intake.submit(user.id, io.BytesIO(H.encode(H.photo(800, 600, seed=99), "JPEG")), "warm.jpg")

@@ -177,6 +177,7 @@ def submit_runs(files: list[Path], repeat: int) -> dict[Path, dict]:
     for _ in range(repeat):
         with tempfile.TemporaryDirectory() as tmp:
             app = create_app({"DATA_DIR": tmp, "SECRET_KEY": "bench", "MIN_SIDE": 1, "MAX_PHOTOS": 10**6})
+            app.extensions["collector"].db.migrate()  # a new database: create_app never migrates
             svc = app.extensions["collector"]
             user = accounts.create_user(svc.db, "bench@example.com", "Bench", "bench password 1", "CC BY 4.0")
             probe = Probe(svc.db)

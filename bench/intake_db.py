@@ -145,6 +145,7 @@ def seed(svc, stored: int) -> int:
 
 def run(name: str, settings: dict, uploads: int, stored: int) -> None:
     app = create_app(settings)
+    app.extensions["collector"].db.migrate()  # a new database: create_app never migrates
     svc = app.extensions["collector"]
     try:
         seed(svc, stored)

@@ -150,6 +150,7 @@ def main() -> None:
         settings = {"DATABASE_URL": db_url, "STORAGE_URL": "s3://load/plates", "S3_ENDPOINT_URL": endpoint,
                     "DATA_DIR": tmp.name, "SECRET_KEY": "load", "MAX_PHOTOS": 1000}
         app = create_app(settings)
+        app.extensions["collector"].db.migrate()  # a new database: create_app never migrates
         svc = app.extensions["collector"]
         env.update({f"COLLECTOR_{k}": str(v) for k, v in settings.items()})
         gunicorn = subprocess.Popen(

@@ -205,6 +205,7 @@ def workers_bench(counts: list[int], jobs: int) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             settings = {"DATA_DIR": tmp, "SECRET_KEY": "bench", "TESTING": True}
             app = create_app(settings)
+            app.extensions["collector"].db.migrate()  # a new database: create_app never migrates
             svc = app.extensions["collector"]
             user = create_user(svc.db, "bench@example.com", "Bench", "long enough password", "CC BY 4.0")
             for i in range(jobs):

@@ -108,6 +108,7 @@ def run(label: str, args, gthread: bool) -> None:
         data_dir = Path(tmp)
         port = free_port()
         app = create_app({"DATA_DIR": str(data_dir), "SECRET_KEY": "bench-secret"})
+        app.extensions["collector"].db.migrate()  # a new database: create_app never migrates
         svc = app.extensions["collector"]
         normal = accounts.create_user(svc.db, "normal@example.com", "Normal", "correct horse battery", "CC BY 4.0")
         attacker = accounts.create_user(svc.db, "slow@example.com", "Slow", "correct horse battery", "CC BY 4.0")

@@ -89,6 +89,7 @@ def run_profile(name: str, files: list[Path], chromium: str, data: Path) -> dict
     from playwright.sync_api import sync_playwright
 
     app = create_app({"DATA_DIR": str(data), "SECRET_KEY": "bench", "QUOTA": 25, "MAX_PHOTOS": 1000})
+    app.extensions["collector"].db.migrate()  # a new database: create_app never migrates
     counting = Counting(app.wsgi_app)
     app.wsgi_app = counting
     server = make_server("127.0.0.1", 0, app, threaded=True)

@@ -3,103 +3,39 @@
 from __future__ import annotations
 
 import logging
-import warnings
-from dataclasses import dataclass
+import threading
 from typing import Any
 
-from flask import Flask, current_app
+from flask import Flask, g
 from flask.globals import app_ctx
-from flask_login import LoginManager
-from flask_wtf.csrf import CSRFProtect
-from PIL import Image
+from werkzeug.exceptions import ServiceUnavailable
 
-from . import dedup
-from .config import PROJECT_ROOT, SETTINGS, load_settings
-from .db import Database
+from . import api, auth, cli, dashboard, dedup, errors, pages, resumable, security
+from .config import PROJECT_ROOT, SETTINGS, Settings, load_settings
+from .db import Database, head_revision
 from .intake import Intake
-from .storage import Storage, open_storage
+from .services import Collector, csrf, login_manager
+from .storage import open_storage
 
-csrf = CSRFProtect()
-login_manager = LoginManager()
-
-
-@dataclass
-class Collector:
-    """The per-app services, kept in ``app.extensions["collector"]``."""
-
-    settings: dict[str, Any]
-    db: Database
-    storage: Storage
-    intake: Intake
-
-
-def services() -> Collector:
-    return current_app.extensions["collector"]
+log = logging.getLogger(__name__)
+NOT_MIGRATED = "the database is not at the latest migration: run `make flask ARGS='db upgrade'`"
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """The one place where wiring happens: defaults, then environment, then ``test_config``.
 
     ``test_config`` may hold collector settings (names without the ``COLLECTOR_`` prefix) and
-    plain Flask configuration keys.
+    plain Flask configuration keys. Building the app touches nothing outside it: no migration
+    (``flask --app app db upgrade``), no process-wide Pillow or warnings state.
     """
     test_config = dict(test_config or {})
     names = {s.name for s in SETTINGS}
     settings = load_settings(overrides={k: v for k, v in test_config.items() if k in names})
-    app = Flask(
-        __name__,
-        static_folder=str(PROJECT_ROOT / "static"),
-        template_folder=str(PROJECT_ROOT / "templates"),
-    )
-    app.config.update(
-        SECRET_KEY=settings["SECRET_KEY"],
-        SESSION_COOKIE_HTTPONLY=True,
-        SESSION_COOKIE_SAMESITE="Lax",
-        SESSION_COOKIE_SECURE=settings["COOKIE_SECURE"],
-        SESSION_COOKIE_NAME="collector_session",
-        REMEMBER_COOKIE_HTTPONLY=True,
-        REMEMBER_COOKIE_SAMESITE="Lax",
-        REMEMBER_COOKIE_SECURE=settings["COOKIE_SECURE"],
-        # Pages stay open for a long time on phones at a meetup; the token lives with the session.
-        WTF_CSRF_TIME_LIMIT=None,
-        WTF_CSRF_SSL_STRICT=settings["COOKIE_SECURE"],
-        # One file per API request; the plain upload form may carry many (pages.upload).
-        MAX_CONTENT_LENGTH=settings["MAX_UPLOAD_MB"] * 1024 * 1024 + 256 * 1024,
-        MAX_FORM_MEMORY_SIZE=1024 * 1024,
-    )
+    app = Flask(__name__, static_folder=str(PROJECT_ROOT / "static"), template_folder=str(PROJECT_ROOT / "templates"))
+    app.config.update(_flask_config(settings))
     app.config.update({k: v for k, v in test_config.items() if k not in names})
-
-    # Our own pixel limit is checked before decoding (imaging.decode); Pillow's guard stays as a
-    # second line at twice the setting, and its warnings about odd files are not for the log.
-    Image.MAX_IMAGE_PIXELS = settings["MAX_PIXELS"]
-    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
-
-    db = Database(settings["DATABASE_URL"], scopefunc=lambda: id(app_ctx._get_current_object()), pool_size=settings["DB_POOL_SIZE"])
-    db.migrate()
-    dedup.configure(db.engine, settings["NEAR_INDEX"])
-    storage = open_storage(settings["STORAGE_URL"], settings["S3_ENDPOINT_URL"])
-    intake = Intake(db, storage, settings)
-    app.extensions["collector"] = Collector(settings, db, storage, intake)
-    app.teardown_appcontext(lambda exc: db.session.remove())
-
-    from . import api, auth, cli, dashboard, errors, pages, resumable, security
-
-    security.init_app(app)  # its guard runs before CSRFProtect reads a form
-    csrf.init_app(app)
-    login_manager.init_app(app)
-    login_manager.login_view = "auth.login"
-    login_manager.login_message = "Log in to continue."
-    login_manager.session_protection = "basic"
-
-    app.register_blueprint(auth.bp)
-    app.register_blueprint(pages.bp)
-    app.register_blueprint(api.bp)
-    app.register_blueprint(dashboard.bp)
-    csrf.exempt(api.bp)  # the API checks CSRF itself when a session (not a token) authenticates
-    resumable.init_app(app)  # tus uploads; checks CSRF itself like the API
-    errors.init_app(app)
-    cli.init_app(app)
+    _attach_services(app, settings)
+    _register_web(app)
 
     @app.context_processor
     def _inject():
@@ -110,15 +46,65 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     return app
 
 
-@login_manager.user_loader
-def _load_user(user_id: str):
-    from .models import User
+def _flask_config(settings: Settings) -> dict[str, Any]:
+    return {
+        "SECRET_KEY": settings.SECRET_KEY,
+        "SESSION_COOKIE_HTTPONLY": True,
+        "SESSION_COOKIE_SAMESITE": "Lax",
+        "SESSION_COOKIE_SECURE": settings.COOKIE_SECURE,
+        "SESSION_COOKIE_NAME": "collector_session",
+        "REMEMBER_COOKIE_HTTPONLY": True,
+        "REMEMBER_COOKIE_SAMESITE": "Lax",
+        "REMEMBER_COOKIE_SECURE": settings.COOKIE_SECURE,
+        # Pages stay open for a long time on phones at a meetup; the token lives with the session.
+        "WTF_CSRF_TIME_LIMIT": None,
+        "WTF_CSRF_SSL_STRICT": settings.COOKIE_SECURE,
+        # One file per API request; the plain upload form may carry many (pages.upload).
+        "MAX_CONTENT_LENGTH": settings.MAX_UPLOAD_MB * 1024 * 1024 + 256 * 1024,
+        "MAX_FORM_MEMORY_SIZE": 1024 * 1024,
+    }
 
-    # "id:session_version" (User.get_id): a cookie from before the last log-out or password
-    # change names an older version and no longer loads anyone.
-    uid, _, version = (user_id or "").partition(":")
-    try:
-        user = services().db.session.get(User, int(uid))
-        return user if user is not None and version == str(user.session_version) else None
-    except ValueError:
-        return None
+
+def _attach_services(app: Flask, settings: Settings) -> None:
+    """The database (not connected yet), the photo store and intake, in app.extensions."""
+    db = Database(settings.DATABASE_URL, scopefunc=lambda: id(app_ctx._get_current_object()), pool_size=settings.DB_POOL_SIZE)
+    dedup.configure(db.engine, settings.NEAR_INDEX)
+    storage = open_storage(settings.STORAGE_URL, settings.S3_ENDPOINT_URL)
+    app.extensions["collector"] = Collector(settings, db, storage, Intake(db, storage, settings))
+    app.teardown_appcontext(lambda exc: db.session.remove())
+    _check_schema_once(app, db)
+
+
+def _check_schema_once(app: Flask, db: Database) -> None:
+    """Before the first request, one read: a database behind the code's migrations fails every
+    request with a message that says what to run, rather than with a missing column somewhere."""
+    checked = False
+    lock = threading.Lock()  # the first requests arrive together on several threads
+
+    @app.before_request
+    def _schema_is_current() -> None:
+        nonlocal checked
+        if checked:
+            return
+        with lock:
+            if not checked:
+                at, head = db.revision(), head_revision()
+                if at != head:
+                    log.error("%s (it is at %s, the code needs %s)", NOT_MIGRATED, at, head)
+                    g._login_user = login_manager.anonymous_user()  # the error page must not look up users
+                    raise ServiceUnavailable(f"The service is not ready: {NOT_MIGRATED}.")
+                checked = True
+
+
+def _register_web(app: Flask) -> None:
+    security.init_app(app)  # its guard runs before CSRFProtect reads a form
+    csrf.init_app(app)
+    login_manager.init_app(app)
+    app.register_blueprint(auth.bp)
+    app.register_blueprint(pages.bp)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(dashboard.bp)
+    csrf.exempt(api.bp)  # the API checks CSRF itself when a session (not a token) authenticates
+    resumable.init_app(app)  # tus uploads; checks CSRF itself like the API
+    errors.init_app(app)
+    cli.init_app(app)

@@ -13,8 +13,9 @@ import click
 from flask import Flask
 from flask.cli import AppGroup, with_appcontext
 
-from . import accounts, integrity, jobs, reports, services
+from . import accounts, integrity, jobs, reports
 from . import export as export_mod
+from .services import services
 
 log = logging.getLogger(__name__)
 users = AppGroup("users", help="Manage accounts.")
@@ -280,7 +281,7 @@ def plates_report(as_json: bool) -> None:
 
 @db_group.command("upgrade")
 def upgrade() -> None:
-    """Apply database migrations (create_app already does this at start-up)."""
+    """Apply database migrations: before serving a new version (make run and gunicorn.conf.py do)."""
     services().db.migrate()
     click.echo("database is at the newest revision", err=True)
 

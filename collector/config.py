@@ -2,7 +2,8 @@
 
 Each setting is declared once, with its default and help text; the README's settings table is
 checked against this list by ``tests/test_docs.py``. Nothing is read at import time:
-``load_settings`` is called by ``create_app``.
+``load_settings`` is called by ``create_app``, and returns a frozen ``Settings``: a running
+app's settings cannot change, and tests override them through ``create_app(test_config)``.
 """
 
 from __future__ import annotations
@@ -102,26 +103,61 @@ SETTINGS: list[Setting] = [
 ]
 
 
-def load_settings(environ: dict[str, str] | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Defaults, then environment, then explicit overrides (tests). Returns plain keys (no prefix)."""
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """One typed attribute per entry of ``SETTINGS`` (which holds the defaults, help and parsers),
+    after ``load_settings`` has filled in the defaults that depend on ``DATA_DIR``.
+
+    Read as ``settings.QUOTA`` or ``settings["QUOTA"]``; assigning raises ``FrozenInstanceError``.
+    """
+
+    DATA_DIR: Path
+    DATABASE_URL: str
+    STORAGE_URL: str
+    S3_ENDPOINT_URL: str | None
+    SECRET_KEY: str
+    QUOTA: int
+    MAX_PHOTOS: int
+    MAX_UPLOAD_MB: int
+    MIN_SIDE: int
+    MAX_PIXELS: int
+    DECODE_PROCESSES: int
+    DECODE_MEMORY_MB: int
+    DECODE_CPU_SECONDS: int
+    CAPTURED_AFTER: dt.date | None
+    REQUIRE_EXIF: bool
+    NEAR_DUPLICATE_DISTANCE: int
+    LICENCE: str
+    LICENCE_URL: str
+    COOKIE_SECURE: bool
+    DB_POOL_SIZE: int | None
+    NEAR_INDEX: str
+    UPLOAD_EXPIRY_HOURS: int
+    MAX_OPEN_UPLOADS: int
+    PLATE_POLICY: str
+    DISTINCT_PLATES: bool
+    LOGIN_MAX_FAILURES: int
+    REGISTRATIONS_PER_ADDRESS: int
+    UPLOADS_PER_MINUTE: int
+    MAX_API_TOKENS: int
+    TRUSTED_PROXIES: int
+    HEADER_TIMEOUT: int
+    BODY_TIMEOUT: int
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self.__slots__:
+            raise KeyError(name)
+        return getattr(self, name)
+
+
+def load_settings(environ: dict[str, str] | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+    """Defaults, then environment, then explicit overrides (tests). Names have no prefix."""
     environ = os.environ if environ is None else environ
     overrides = overrides or {}
-    values: dict[str, Any] = {}
-    for s in SETTINGS:
-        if s.name in overrides:
-            values[s.name] = overrides[s.name]
-            continue
-        raw = environ.get(s.env)
-        if raw is None or raw == "":
-            values[s.name] = s.default
-        else:
-            try:
-                values[s.name] = s.parse(raw)
-            except ValueError as exc:
-                raise SystemExit(f"{s.env}: {exc}") from None
     unknown = set(overrides) - {s.name for s in SETTINGS}
     if unknown:
         raise KeyError(f"unknown settings: {sorted(unknown)}")
+    values = {s.name: overrides[s.name] if s.name in overrides else _from_environ(s, environ) for s in SETTINGS}
 
     data_dir = Path(values["DATA_DIR"] or PROJECT_ROOT / "storage")
     values["DATA_DIR"] = data_dir
@@ -133,7 +169,17 @@ def load_settings(environ: dict[str, str] | None = None, overrides: dict[str, An
         values["SECRET_KEY"] = _stored_secret(data_dir / "secret_key")
     if not 0 <= values["NEAR_DUPLICATE_DISTANCE"] <= 31:
         raise SystemExit(f"{PREFIX}NEAR_DUPLICATE_DISTANCE must be between 0 and 31")
-    return values
+    return Settings(**values)
+
+
+def _from_environ(s: Setting, environ: dict[str, str]) -> Any:
+    raw = environ.get(s.env)
+    if raw is None or raw == "":
+        return s.default
+    try:
+        return s.parse(raw)
+    except ValueError as exc:
+        raise SystemExit(f"{s.env}: {exc}") from None
 
 
 def _stored_secret(path: Path) -> str:

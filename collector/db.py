@@ -1,4 +1,4 @@
-"""The database: one engine per app, a session per app context, and the write lock.
+"""The database: one engine per app, a session per app context, the write lock, and migrations.
 
 SQLite (the embedded default) runs in WAL mode with a busy timeout, and write transactions that
 must not race (intake) start with ``BEGIN IMMEDIATE``, so they queue for the write lock up front
@@ -9,6 +9,7 @@ transaction-level advisory lock. Either way the lock is released at commit or ro
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import shlex
 import sys
@@ -18,6 +19,8 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
@@ -126,7 +129,10 @@ class Database:
                     raise
 
     def migrate(self) -> None:
-        """Bring the schema to the newest revision; several processes may call this at once."""
+        """Bring the schema to the newest revision; several processes may call this at once.
+
+        Never implicit: ``flask --app app db upgrade`` (``make run`` runs it), gunicorn.conf.py
+        before the workers start, and the tests' fixtures call it."""
         if self.is_sqlite:
             lock_path = Path(self.url.database or "collector").with_suffix(".migrate-lock")
             with open(lock_path, "a") as lock:
@@ -142,9 +148,13 @@ class Database:
                     conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATE_LOCK})
                     conn.commit()
 
+    def revision(self) -> str | None:
+        """The schema revision the database is at (None: never migrated). Reads one row."""
+        with self.engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+
     def _upgrade(self) -> None:
-        cfg = AlembicConfig()
-        cfg.set_main_option("script_location", str(MIGRATIONS))
+        cfg = _alembic_config()
         with self.engine.connect() as conn:
             if self.is_sqlite:
                 # SQLite changes a table by copying it (Alembic's batch mode), which foreign
@@ -165,6 +175,27 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _alembic_config() -> AlembicConfig:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    return cfg
+
+
+@functools.cache
+def head_revision() -> str | None:
+    """The newest revision of collector/migrations, from the files alone (read once per process)."""
+    return ScriptDirectory.from_config(_alembic_config()).get_current_head()
+
+
+def upgrade(url: str) -> None:
+    """Bring the database at ``url`` to the newest revision (gunicorn.conf.py, before the workers)."""
+    db = Database(url, pool_size=1)
+    try:
+        db.migrate()
+    finally:
+        db.dispose()
 
 
 def _sqlite_transactions(engine: Engine) -> None:

@@ -563,7 +563,9 @@ def _serve() -> None:
     memory_mb = int(os.environ["DECODER_MEMORY_MB"])
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_DATA, (memory_mb << 20, memory_mb << 20))
-    Image.MAX_IMAGE_PIXELS = None  # the limits are decode_small's, with the numbers in the verdict
+    # Pillow's guard is this process's own business, not the web app's: off, because the limits
+    # are decode_small's (checked before Image.open), with the numbers in the verdict.
+    Image.MAX_IMAGE_PIXELS = None
     rin, wout = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # nothing but replies on the pipe
     while True:

@@ -26,11 +26,11 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import IntegrityError
@@ -38,6 +38,7 @@ from sqlalchemy.orm import Session
 
 from . import checks, credits, dedup, imaging
 from .checks import Rejection, reject
+from .config import Settings
 from .credits import Progress, progress_of
 from .db import Database
 from .inspection import BYTES_ONLY_CODES, Inspection, inspect
@@ -166,7 +167,7 @@ class Intake:
 
     db: Database
     storage: Storage
-    settings: Mapping[str, Any]
+    settings: Settings
     spool_dir: Path | None = field(default=None)
     _swept: bool = field(default=False, init=False, repr=False)
 

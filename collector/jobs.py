@@ -40,6 +40,7 @@ from sqlalchemy import exists, func, insert, select, update
 from sqlalchemy.orm import Session, aliased
 
 from . import credits
+from .config import Settings
 from .models import Photo, PhotoPlate, PlateRead, ReviewAction, utcnow
 
 CREDITED = ("accepted", "flagged")
@@ -100,7 +101,7 @@ def _insert_ignore(db, model):
     return pg_insert(model).on_conflict_do_nothing()
 
 
-def finish(db, claim: Claim, found: list, cpu_ms: int | None, settings: dict, error: str | None = None) -> bool:
+def finish(db, claim: Claim, found: list, cpu_ms: int | None, settings: Settings, error: str | None = None) -> bool:
     """Write the outcome of ``claim``: True if written, False if the claim was taken over."""
     state = "error" if error else ("found" if found else "none")
     with db.write_transaction(lock=False) as tx:
@@ -129,16 +130,16 @@ def release(db, claim: Claim) -> None:
 
 # -- what a reading does to the credit ------------------------------------------------------
 
-def desired_hold(tx: Session, photo: Photo, read: PlateRead | None, settings: dict) -> str | None:
+def desired_hold(tx: Session, photo: Photo, read: PlateRead | None, settings: Settings) -> str | None:
     """Why this photo's credit should be held back now, or None when it should count."""
     if read is None or photo.status not in CREDITED or read.state == "reading":
         return None
     texts = tx.scalars(select(PhotoPlate.text).where(PhotoPlate.photo_id == photo.id)).all()
     if not texts:
-        if settings.get("PLATE_POLICY") == "hold" and read.state == "none" and read.reviewed_by_id is None:
+        if settings["PLATE_POLICY"] == "hold" and read.state == "none" and read.reviewed_by_id is None:
             return "no_plate"
         return None
-    if settings.get("DISTINCT_PLATES"):
+    if settings["DISTINCT_PLATES"]:
         # A repeat: an earlier photo of the same contributor, still counting, shows a plate
         # with one of this photo's texts.
         other = aliased(PhotoPlate)
@@ -154,7 +155,7 @@ def desired_hold(tx: Session, photo: Photo, read: PlateRead | None, settings: di
     return None
 
 
-def settle(tx: Session, photo_id: int, settings: dict) -> int:
+def settle(tx: Session, photo_id: int, settings: Settings) -> int:
     """Hold back or give back the photo's credit as the policy says; returns the credit change.
     ``credits.adjust`` moves the count, in the caller's transaction."""
     photo = tx.get(Photo, photo_id)
@@ -173,7 +174,7 @@ def settle(tx: Session, photo_id: int, settings: dict) -> int:
     return delta
 
 
-def settle_user(tx: Session, user_id: int, settings: dict) -> int:
+def settle_user(tx: Session, user_id: int, settings: Settings) -> int:
     """Settle every photo of a contributor, oldest first (a correction can change which photo
     of a plate is the first)."""
     ids = tx.scalars(select(PlateRead.photo_id).join(Photo, Photo.id == PlateRead.photo_id)
@@ -220,7 +221,7 @@ class PlateError(ValueError):
     pass
 
 
-def correct(db, photo_id: int, organiser_id: int, text: str, settings: dict) -> str:
+def correct(db, photo_id: int, organiser_id: int, text: str, settings: Settings) -> str:
     """An organiser's plate text for the photo (its best plate, or a new plate without a box
     when none was found). Kept, audited, and wins over the machine's. Returns the text."""
     from .plates import MAX_LEN, normalise
@@ -254,7 +255,7 @@ def correct(db, photo_id: int, organiser_id: int, text: str, settings: dict) -> 
         return new
 
 
-def approve(db, photo_id: int, organiser_id: int, settings: dict) -> bool:
+def approve(db, photo_id: int, organiser_id: int, settings: Settings) -> bool:
     """An organiser says a photo without a readable plate is fine: a held credit comes back."""
     with db.write_transaction(lock=False) as tx:
         read = tx.get(PlateRead, photo_id)
@@ -371,7 +372,7 @@ def deadline(seconds: float):
         signal.signal(signal.SIGALRM, previous)
 
 
-def read_one(db, storage, claim: Claim, settings: dict, deadline_s: float = DEADLINE_S) -> str:
+def read_one(db, storage, claim: Claim, settings: Settings, deadline_s: float = DEADLINE_S) -> str:
     """Read the claimed photo and write the outcome; returns the state written (or 'lost')."""
     from . import plates
     from .storage import StorageUnavailable
@@ -408,7 +409,7 @@ def read_one(db, storage, claim: Claim, settings: dict, deadline_s: float = DEAD
     return ("error" if error else ("found" if found else "none")) if ok else "lost"
 
 
-def run(db, storage, settings: dict, *, until_idle: bool = False, lease: dt.timedelta = LEASE,
+def run(db, storage, settings: Settings, *, until_idle: bool = False, lease: dt.timedelta = LEASE,
         deadline_s: float = DEADLINE_S, poll_s: float = 2.0, limit: int | None = None,
         stop_with: int | None = None, on_event: Callable[[str, int, str], None] | None = None) -> int:
     """The worker loop: claim, read, write, until idle (``until_idle``), ``limit`` photos, or

@@ -5,13 +5,14 @@ from __future__ import annotations
 from flask import Blueprint, abort, flash, render_template, request, send_file, url_for
 from flask_login import current_user, login_required
 
-from . import jobs, reports, services
+from . import jobs, reports
 from .auth import EmptyForm
 from .credits import progress_of
 from .imaging import MIME_TYPES
 from .models import Photo
 from .review import REASONS
 from .security import MAX_FORM_FILES
+from .services import services
 
 bp = Blueprint("pages", __name__)
 

@@ -343,11 +343,15 @@ def _register_heif() -> None:
 def open_photo(data: bytes, fmt: str, orientation: int, max_pixels: int) -> Image.Image:
     """A stored photo as displayed, decoded small enough to read: JPEG in draft mode at the
     reading side, orientation applied. Only photos intake accepted get here, so they are valid
-    images of an allowed format; the pixel limit is still checked before decoding."""
+    images of an allowed format; the pixel limit is still checked, from the header, before
+    Pillow opens the file (its WebP plugin allocates the canvas when opening)."""
     import io
 
-    from . import imaging
+    from . import decoding, imaging
 
+    header = decoding.precheck(data, fmt)
+    if header.width * header.height > max_pixels:
+        raise ValueError(f"{header.width}x{header.height} is over the pixel limit")
     if fmt == "HEIF":
         _register_heif()
     formats = {"JPEG": ["JPEG", "MPO"], "PNG": ["PNG"], "WEBP": ["WEBP"], "HEIF": ["HEIF"]}[fmt]

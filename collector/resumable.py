@@ -38,11 +38,11 @@ from flask.cli import with_appcontext
 from sqlalchemy import delete, func, select, update
 from werkzeug.exceptions import ClientDisconnected
 
-from . import services
 from .api import STATUS_FOR, api_error, authenticated
 from .checks import MESSAGES, reject
 from .intake import CHUNK, clean_filename
 from .models import ResumableUpload, utcnow
+from .services import csrf, services
 from .storage import StorageUnavailable
 
 log = logging.getLogger(__name__)
@@ -60,8 +60,6 @@ TUS_ROUTES = {"resumable.create", "resumable.upload"}
 
 def init_app(app: Flask) -> None:
     """Register the blueprint; its requests check CSRF themselves, as the JSON API does."""
-    from . import csrf
-
     app.register_blueprint(bp)
     csrf.exempt(bp)
 

@@ -16,7 +16,8 @@ from flask import Flask, current_app, g, request
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import limits, services
+from . import limits
+from .services import login_manager, services
 
 MIB = 1024 * 1024
 SMALL_BODY = MIB  # log-in, registration, dashboard buttons
@@ -109,8 +110,6 @@ def _unauthorised():
         if request.headers.get("Authorization"):
             return api_error(401, "unauthorized", "The API token is missing, wrong or revoked.")
         return api_error(401, "unauthorized", "Log in, or send an API token as 'Authorization: Bearer TOKEN'.")
-    from . import login_manager
-
     return login_manager.unauthorized()
 
 

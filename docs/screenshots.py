@@ -32,6 +32,7 @@ def shoot(kind: str, folder: Path, chromium: str) -> None:
     from playwright.sync_api import sync_playwright
 
     app = create_app({"DATA_DIR": str(folder / f"data-{kind}"), "SECRET_KEY": "shots"})
+    app.extensions["collector"].db.migrate()  # a new database: create_app never migrates
     server = make_server("127.0.0.1", 0, app, threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_port}"

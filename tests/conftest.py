@@ -220,14 +220,18 @@ def s3_env(s3_server, monkeypatch):
 
 
 @pytest.fixture
-def settings(tmp_path, database_url):
-    """Overrides for create_app; tests may change them before asking for ``app``."""
+def settings(request, tmp_path, database_url):
+    """The ``test_config`` of ``app``: a running app's settings are frozen, so a test that needs
+    others says so with ``@pytest.mark.settings(QUOTA=3)`` (or a module overrides this fixture),
+    or builds a second app with ``make_app(QUOTA=3)``."""
+    marker = request.node.get_closest_marker("settings")
     return {
         "DATA_DIR": str(tmp_path / "data"),
         "DATABASE_URL": database_url,
         "STORAGE_URL": str(tmp_path / "photos"),
         "SECRET_KEY": "test-secret",
         "TESTING": True,
+        **(marker.kwargs if marker else {}),
     }
 
 
@@ -240,10 +244,26 @@ def s3_settings(settings, s3_env):
 
 
 @pytest.fixture
-def app(settings):
-    app = create_app(settings)
-    yield app
-    app.extensions["collector"].db.dispose()
+def make_app(settings):
+    """``make_app(**overrides)``: an app on the test's database and folders with some settings
+    changed (``settings`` plus ``overrides``), its database migrated (as `make run` does before
+    serving: create_app never migrates); disposed of at the end of the test."""
+    apps = []
+
+    def make(**overrides):
+        app = create_app({**settings, **overrides})
+        apps.append(app)
+        app.extensions["collector"].db.migrate()
+        return app
+
+    yield make
+    for app in apps:
+        app.extensions["collector"].db.dispose()
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app()
 
 
 @pytest.fixture

@@ -42,12 +42,12 @@ def register(page, base):
     page.wait_for_url(re.compile(r"/upload$"))
 
 
+@pytest.mark.settings(QUOTA=3)
 def test_register_then_upload_many_files_with_per_file_verdicts(svc, live_server, page, tmp_path):
     from playwright.sync_api import expect
 
     violations = []
     page.on("console", lambda msg: violations.append(msg.text) if "Content Security Policy" in msg.text else None)
-    svc.settings["QUOTA"] = 3
     register(page, live_server)
     assert page.text_content("#progress-count") == "0"
     bad = tmp_path / "notes.txt"

@@ -23,11 +23,15 @@ PASSWORD = "correct horse battery"
 
 
 @pytest.fixture
+def settings(settings):
+    return {**settings, "QUOTA": 2}
+
+
+@pytest.fixture
 def site(app, svc, make_user):
     """A meetup in progress: an organiser, an attendee with a paid fee, a rejected photo, a refusal."""
     from collector import credits, review
 
-    svc.settings["QUOTA"] = 2
     org = make_user("org@example.com", "Olu", PASSWORD, organiser=True)
     ann = make_user("ann@example.com", "Ann", PASSWORD)
     ids = [svc.intake.submit(ann.id, io.BytesIO(phone_photo(seed, size=(800, 600))), f"IMG_{seed}.jpg").photo_id

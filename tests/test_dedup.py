@@ -10,7 +10,7 @@ import time
 import pytest
 from sqlalchemy import delete, insert, select
 
-from collector import create_app, dedup
+from collector import dedup
 from collector.models import Photo, User, utcnow
 from collector.storage import photo_key, thumb_key
 
@@ -111,30 +111,26 @@ def test_memory_index_equals_sql_lookup(app, kind):
     assert dedup.index_for(db.engine).ready
 
 
-def test_two_workers_on_one_database_catch_up(app, settings):
+def test_two_workers_on_one_database_catch_up(make_app):
     """Two apps = two processes' indexes: each sees what the other committed, at once."""
-    a, b = app, create_app(settings)  # the fixture's app, and a second worker's on the same database
-    try:
-        da, dbb = a.extensions["collector"].db, b.extensions["collector"].db
-        assert dedup.index_for(da.engine) is not dedup.index_for(dbb.engine)
-        rnd = random.Random(9)
-        ua, ub = user(da, "a@example.com"), user(dbb, "b@example.com")
-        first = clustered(500, rnd)
-        seed(da, first, ua)
-        same_answers(da, queries(first, rnd, 30))
-        same_answers(dbb, queries(first, rnd, 30))  # b loads what a wrote
-        second = clustered(500, rnd)
-        seed(dbb, second, ub)
-        # a's index was loaded before b wrote: the lookup under the write lock catches up.
-        target = second[17]
-        with da.write_transaction() as tx:
-            match = dedup.nearest(tx, [target] * 8, method="memory")
-            assert match == dedup.sql_nearest(tx, [target] * 8)
-            assert match.distance == 0 and match.user_id in (ua, ub)
-        same_answers(da, queries(first + second, rnd, 60))
-    finally:
-        b.extensions["collector"].db.dispose()
-        b.extensions["collector"].db.dispose()
+    a, b = make_app(), make_app()
+    da, dbb = a.extensions["collector"].db, b.extensions["collector"].db
+    assert dedup.index_for(da.engine) is not dedup.index_for(dbb.engine)
+    rnd = random.Random(9)
+    ua, ub = user(da, "a@example.com"), user(dbb, "b@example.com")
+    first = clustered(500, rnd)
+    seed(da, first, ua)
+    same_answers(da, queries(first, rnd, 30))
+    same_answers(dbb, queries(first, rnd, 30))  # b loads what a wrote
+    second = clustered(500, rnd)
+    seed(dbb, second, ub)
+    # a's index was loaded before b wrote: the lookup under the write lock catches up.
+    target = second[17]
+    with da.write_transaction() as tx:
+        match = dedup.nearest(tx, [target] * 8, method="memory")
+        assert match == dedup.sql_nearest(tx, [target] * 8)
+        assert match.distance == 0 and match.user_id in (ua, ub)
+    same_answers(da, queries(first + second, rnd, 60))
 
 
 def test_background_load_answers_from_the_database_meanwhile(app, monkeypatch):

@@ -1,6 +1,8 @@
-"""The README keeps up with the code: every setting is documented."""
+"""The README keeps up with the code: every setting is documented (and has its attribute)."""
 
-from collector.config import SETTINGS
+from dataclasses import fields
+
+from collector.config import SETTINGS, Settings
 
 from .conftest import ROOT
 
@@ -15,3 +17,7 @@ def test_readme_starts_with_the_two_commands():
     lines = [line.strip() for line in (ROOT / "README.md").read_text().splitlines()]
     commands = [line for line in lines[:15] if line.startswith("make ")]
     assert commands[:2] == ["make run", "make test"]
+
+
+def test_the_settings_class_has_one_attribute_per_declared_setting():
+    assert [f.name for f in fields(Settings)] == [s.name for s in SETTINGS]

@@ -7,9 +7,12 @@ import os
 import re
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
-from .conftest import ROOT
+from collector.db import Database, head_revision
+
+from .conftest import ROOT, gunicorn
 
 
 def clean_env(data_dir: Path) -> dict:
@@ -28,10 +31,43 @@ def test_app_is_built_on_first_access_and_importing_has_no_side_effects(tmp_path
         "assert not data.exists(), 'importing app.py created the data directory'\n"
         "assert app.app is app.app\n"
         "assert type(app.app).__name__ == 'Flask' and callable(create_app)\n"
-        "assert (data / 'collector.sqlite3').exists()\n"
+        "assert (data / 'secret_key').exists()\n"
+        "assert app.app.extensions['collector'].db.revision() is None, 'building the app migrated'\n"
     )
     r = subprocess.run([sys.executable, "-c", code, str(data)], cwd=ROOT, env=clean_env(data), capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_importing_and_building_change_nothing_in_the_process(tmp_path):
+    """No Argon2 hash at import; no Pillow limit, warning filter or migration from create_app."""
+    data = tmp_path / "data"
+    code = (
+        "import sys, warnings\n"
+        "from PIL import Image\n"
+        "from collector import accounts, create_app\n"
+        "assert accounts._dummy_hash.cache_info().currsize == 0, 'an Argon2 hash at import'\n"
+        "before = (Image.MAX_IMAGE_PIXELS, list(warnings.filters))\n"
+        "app = create_app({'DATA_DIR': sys.argv[1], 'SECRET_KEY': 'x'})\n"
+        "assert (Image.MAX_IMAGE_PIXELS, list(warnings.filters)) == before, 'create_app changed the process'\n"
+        "assert app.extensions['collector'].db.revision() is None, 'create_app migrated'\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code, str(data)], cwd=ROOT, env=clean_env(data), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_gunicorn_app_app_migrates_a_fresh_database_before_its_workers_start(tmp_path):
+    """`gunicorn app:app` alone, as a Flask user would type it: gunicorn.conf.py's on_starting
+    brings a new database to the newest revision, then the workers serve."""
+    data = tmp_path / "data"
+    with gunicorn({"DATA_DIR": data}, tmp_path / "gunicorn.log", workers=2, threads=2,
+                  COLLECTOR_DATABASE_URL=f"sqlite:///{data / 'collector.sqlite3'}") as port:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/register", timeout=30) as r:
+            assert r.status == 200 and b"Register" in r.read()
+    db = Database(f"sqlite:///{data / 'collector.sqlite3'}")
+    try:
+        assert db.revision() == head_revision()
+    finally:
+        db.dispose()
 
 
 def test_flask_finds_the_app(tmp_path):

@@ -177,8 +177,8 @@ def test_orientation_and_heic(runner, collection, tmp_path):
         assert im.format == "JPEG" and im.size == (int(heic["width"]), int(heic["height"]))
 
 
+@pytest.mark.settings(NEAR_DUPLICATE_DISTANCE=0)  # let near-copies in, to see them grouped
 def test_splits_keep_contributors_and_near_duplicates_together(svc, make_user, submit, runner, tmp_path):
-    svc.settings["NEAR_DUPLICATE_DISTANCE"] = 0  # let near-copies in, to see them grouped
     people = [make_user(f"p{i}@example.com", f"P{i}") for i in range(12)]
     from .synthetic import plate_photo
 

@@ -85,13 +85,15 @@ def test_small_real_photos_are_too_small(submit, ann):
     assert "326x249" in v.message and "480" in v.message
 
 
-def test_min_side_counts_after_orientation(app, settings, submit, ann):
+def test_min_side_counts_after_orientation(make_app, ann):
     # 600 px on its shorter side once turned: accepted at 600, refused at 601
     data = images.exif_rotated(US7, 6)
-    app.extensions["collector"].settings["MIN_SIDE"] = 601
-    assert submit(ann, data).code == "too_small"
-    app.extensions["collector"].settings["MIN_SIDE"] = 600
-    v = submit(ann, data)
+
+    def submit(min_side):
+        return make_app(MIN_SIDE=min_side).extensions["collector"].intake.submit(ann.id, io.BytesIO(data), "photo.jpg")
+
+    assert submit(601).code == "too_small"
+    v = submit(600)
     assert v.status == "accepted" and (v.metadata["width"], v.metadata["height"]) == (900, 600)
     assert v.metadata["orientation"] == 6
 
@@ -133,13 +135,13 @@ def test_decompression_bomb_is_refused_before_decoding(svc, submit, ann):
     assert v.code == "too_many_pixels" and "400,000,000" in v.message
 
 
+@pytest.mark.settings(MAX_PIXELS=500_000)  # us7 is 540,000 pixels
 def test_pixel_limit_setting(svc, submit, ann):
-    svc.settings["MAX_PIXELS"] = 500_000  # us7 is 540,000 pixels
     assert submit(ann, US7).code == "too_many_pixels"
 
 
+@pytest.mark.settings(MAX_UPLOAD_MB=1)
 def test_too_large(svc, submit, ann):
-    svc.settings["MAX_UPLOAD_MB"] = 1
     data = photos.named("png")
     assert len(data) > 1024 * 1024
     v = submit(ann, data)
@@ -244,25 +246,25 @@ def test_near_duplicates_are_refused_whoever_sends_them(submit, ann, bob, svc, n
     assert stored_count(svc) == 1
 
 
+@pytest.mark.settings(QUOTA=2, MAX_PHOTOS=3)
 def test_quota_and_cap(svc, submit, ann):
-    svc.settings["QUOTA"] = 2
-    svc.settings["MAX_PHOTOS"] = 3
     verdicts = [submit(ann, data) for data in (US7, EU1, photos.named("iphone"), photos.named("motorola"))]
     assert [v.status for v in verdicts] == ["accepted"] * 3 + ["rejected"]
     assert verdicts[1].progress.complete and not verdicts[0].progress.complete
     assert verdicts[3].code == "quota_cap" and "3" in verdicts[3].message
 
 
-def test_metadata_policy(svc, submit, ann):
-    svc.settings["REQUIRE_EXIF"] = True
-    v = submit(ann, photos.named("plain"))  # no EXIF
+def test_metadata_policy(make_app, ann):
+    def submit(name, **settings):
+        intake = make_app(**settings).extensions["collector"].intake
+        return intake.submit(ann.id, io.BytesIO(photos.named(name)), photos.filename(name))
+
+    v = submit("plain", REQUIRE_EXIF=True)  # no EXIF
     assert v.code == "metadata_policy" and "capture date" in v.message
-    assert submit(ann, photos.named("iphone")).status == "accepted"  # taken 2016
-    svc.settings["REQUIRE_EXIF"] = False
-    svc.settings["CAPTURED_AFTER"] = dt.date(2020, 1, 1)
-    v = submit(ann, photos.named("motorola"))  # taken 2015
+    assert submit("iphone", REQUIRE_EXIF=True).status == "accepted"  # taken 2016
+    v = submit("motorola", CAPTURED_AFTER=dt.date(2020, 1, 1))  # taken 2015
     assert v.code == "metadata_policy" and "2015-04-18" in v.message and "2020-01-01" in v.message
-    assert submit(ann, photos.named("heic")).status == "accepted"  # 2021
+    assert submit("heic", CAPTURED_AFTER=dt.date(2020, 1, 1)).status == "accepted"  # 2021
 
 
 def test_eight_threads_posting_the_same_new_photo_credit_once(svc, ann):

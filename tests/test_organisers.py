@@ -18,9 +18,13 @@ PHOTOS = ["canon", "large", "iphone"]  # tests/photos.py CAMERAS, all with a cap
 
 
 @pytest.fixture
+def settings(settings):
+    return {**settings, "QUOTA": 3}
+
+
+@pytest.fixture
 def world(app, svc, make_user):
     """An organiser, an attendee at the quota (3) and another attendee with one photo."""
-    svc.settings["QUOTA"] = 3
     org = make_user("org@example.com", "Olga", organiser=True)
     ann = make_user("ann@example.com", "Ann")
     bob = make_user("bob@example.com", "=HYPERLINK(\"http://x\")")

@@ -182,13 +182,8 @@ def test_two_workers_never_read_one_photo_twice(svc, settings, make_user):
 
 # -- policies and corrections ---------------------------------------------------------------------
 
-@pytest.fixture
-def hold_app(settings):
-    settings["PLATE_POLICY"] = "hold"
-    return settings
-
-
-def test_hold_policy_takes_the_credit_back_until_an_organiser_approves(hold_app, app, svc, make_user):
+@pytest.mark.settings(PLATE_POLICY="hold")
+def test_hold_policy_takes_the_credit_back_until_an_organiser_approves(app, svc, make_user):
     ann = make_user()
     org = make_user("org@example.com", "Org", organiser=True)
     _accept(svc, ann, _plate(["KA01 AB1234"], 20))
@@ -200,7 +195,8 @@ def test_hold_policy_takes_the_credit_back_until_an_organiser_approves(hold_app,
     assert _count(svc, ann.id) == 2 and _read(svc, flowers).credit_held is None
 
 
-def test_rejecting_a_held_photo_does_not_take_its_credit_twice(hold_app, app, svc, make_user):
+@pytest.mark.settings(PLATE_POLICY="hold")
+def test_rejecting_a_held_photo_does_not_take_its_credit_twice(app, svc, make_user):
     from collector import review
 
     ann = make_user()
@@ -217,8 +213,8 @@ def test_rejecting_a_held_photo_does_not_take_its_credit_twice(hold_app, app, sv
     assert _count(svc, ann.id) == 1
 
 
-def test_distinct_plates_count_once_and_a_correction_is_kept_audited_and_wins(settings, app, svc, make_user):
-    svc.settings["DISTINCT_PLATES"] = True
+@pytest.mark.settings(DISTINCT_PLATES=True)
+def test_distinct_plates_count_once_and_a_correction_is_kept_audited_and_wins(svc, make_user):
     ann = make_user()
     org = make_user("org@example.com", "Org", organiser=True)
     a = _accept(svc, ann, _plate(["KA01 AB1234"], 30))
@@ -255,8 +251,8 @@ def test_same_plate_from_another_contributor_is_flagged_as_a_possible_crop(svc, 
     assert listed == [b] and sorted(same) == [a, b]
 
 
-def test_policy_off_reads_nothing(settings, svc, make_user, runner):
-    svc.settings["PLATE_POLICY"] = "off"
+@pytest.mark.settings(PLATE_POLICY="off")
+def test_policy_off_reads_nothing(svc, make_user, runner):
     ann = make_user()
     _accept(svc, ann, _plate(["AB-123-CD"], 60))
     r = runner.invoke(args=["plates", "run", "--until-idle"])

@@ -216,8 +216,8 @@ def test_storage_check_leaves_parts_in_progress_alone(tus, svc, runner):
     assert PART_PREFIX not in result.output
 
 
-def test_open_uploads_per_account_are_capped(tus, svc):
-    svc.settings["MAX_OPEN_UPLOADS"] = 2
+@pytest.mark.settings(MAX_OPEN_UPLOADS=2)
+def test_open_uploads_per_account_are_capped(tus):
     assert tus.create(10).status_code == 201
     assert tus.create(10).status_code == 201
     r = tus.create(10)

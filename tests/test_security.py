@@ -272,10 +272,8 @@ def test_finding_9_wrong_passwords_stop_the_guesser_not_the_owner(app, svc, make
     assert login(app.test_client(), "ann@example.com", PASSWORD, "10.0.0.7").status_code == 302  # the owner, elsewhere
 
 
-def test_finding_9_past_an_address_ceiling_failures_all_read_the_same(settings, request):
-    settings["LOGIN_MAX_FAILURES"] = 1  # the address ceiling is 30 times this
-    svc, client = request.getfixturevalue("svc"), request.getfixturevalue("client")  # on the settings above
-    make_user = request.getfixturevalue("make_user")
+@pytest.mark.settings(LOGIN_MAX_FAILURES=1)  # the address ceiling is 30 times this
+def test_finding_9_past_an_address_ceiling_failures_all_read_the_same(svc, client, make_user):
     make_user("ann@example.com", "Ann")
     make_user("bob@example.com", "Bob")
     for i in range(30):
@@ -295,9 +293,8 @@ def register(client, email, addr):
     return client.post("/register", data=data, environ_base={"REMOTE_ADDR": addr})
 
 
-def test_finding_10_registrations_per_address(settings, request):
-    settings["REGISTRATIONS_PER_ADDRESS"] = 3
-    app = request.getfixturevalue("app")  # built from the settings above
+@pytest.mark.settings(REGISTRATIONS_PER_ADDRESS=3)
+def test_finding_10_registrations_per_address(app):
     client = app.test_client()
     for i in range(3):
         assert register(client, f"p{i}@example.com", "10.0.0.5").status_code == 302
@@ -306,10 +303,8 @@ def test_finding_10_registrations_per_address(settings, request):
     assert register(app.test_client(), "p4@example.com", "10.0.0.6").status_code == 302
 
 
-def test_finding_10_uploads_per_account_per_minute(settings, request):
-    settings["UPLOADS_PER_MINUTE"] = 3
-    svc, client = request.getfixturevalue("svc"), request.getfixturevalue("client")  # on the settings above
-    make_user = request.getfixturevalue("make_user")
+@pytest.mark.settings(UPLOADS_PER_MINUTE=3)
+def test_finding_10_uploads_per_account_per_minute(svc, client, make_user):
     user, other = make_user("ann@example.com", "Ann"), make_user("bob@example.com", "Bob")
     token, other_token = accounts.create_token(svc.db, user.id).token, accounts.create_token(svc.db, other.id).token
     for i in range(3):
@@ -323,9 +318,8 @@ def test_finding_10_uploads_per_account_per_minute(settings, request):
     assert r.status_code != 429  # another account is not affected
 
 
-def test_finding_10_api_tokens_per_account(settings, request):
-    settings["MAX_API_TOKENS"] = 2
-    client = request.getfixturevalue("client")  # on the settings above
+@pytest.mark.settings(MAX_API_TOKENS=2)
+def test_finding_10_api_tokens_per_account(client):
     auth = Auth(client)
     auth.register()
     for _ in range(2):
@@ -522,3 +516,12 @@ def test_finding_15_unreachable_postgresql_answers_503_with_retry_after(app, svc
     finally:
         svc.db = svc.intake.db = live
         dead.dispose()
+
+
+@pytest.mark.parametrize("password, says", [("too short", "at least 10 characters"), ("x" * 1025, "too long")])
+def test_a_new_account_and_a_new_password_follow_the_same_rules(svc, make_user, password, says):
+    with pytest.raises(accounts.AccountError, match=says):
+        accounts.create_user(svc.db, "ann@example.com", "Ann", password, "CC BY 4.0")
+    user = make_user()
+    with pytest.raises(accounts.AccountError, match=says):
+        accounts.set_password(svc.db, user.id, password)

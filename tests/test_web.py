@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from sqlalchemy import select
 
@@ -70,11 +72,19 @@ def test_session_cookie_flags(client, auth):
     assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
 
 
-def test_secure_cookie_setting(settings, request):
-    settings["COOKIE_SECURE"] = True
-    app = request.getfixturevalue("app")  # built from the settings above
+def test_a_running_apps_settings_cannot_change(svc, app):
+    assert svc.settings.QUOTA == svc.settings["QUOTA"] == 25
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        svc.settings.MAX_UPLOAD_MB = 1
+    with pytest.raises(TypeError):
+        svc.settings["MAX_UPLOAD_MB"] = 1  # which would disagree with MAX_CONTENT_LENGTH
+    assert app.config["MAX_CONTENT_LENGTH"] == 25 * 1024 * 1024 + 256 * 1024
+
+
+@pytest.mark.settings(COOKIE_SECURE=True)
+def test_secure_cookie_setting(app, client):
     assert app.config["SESSION_COOKIE_SECURE"] and app.config["REMEMBER_COOKIE_SECURE"]
-    r = Auth(request.getfixturevalue("client")).register()
+    r = Auth(client).register()
     assert r.status_code == 302 and "Secure" in r.headers["Set-Cookie"]
 
 
@@ -127,8 +137,8 @@ def test_api_upload_statuses(client, token, make_user, svc):
     assert r.status_code == 400 and r.json["code"] == "bad_request"
 
 
-def test_api_too_large_is_413(client, token, svc):
-    svc.settings["MAX_UPLOAD_MB"] = 1
+@pytest.mark.settings(MAX_UPLOAD_MB=1)
+def test_api_too_large_is_413(client, token):
     r = client.post("/api/v1/photos", **multipart(photos.named("png")), headers={"Authorization": f"Bearer {token}"})
     assert r.status_code == 413 and r.json["code"] == "too_large"
 
@@ -223,8 +233,8 @@ def test_photos_are_visible_only_to_their_owner(app, client, auth):
     assert app.test_client().get(f"/photos/{pid}/thumb").status_code == 302  # anonymous: log in
 
 
-def test_reaching_the_quota_says_so(client, auth, svc):
-    svc.settings["QUOTA"] = 2
+@pytest.mark.settings(QUOTA=2)
+def test_reaching_the_quota_says_so(client, auth):
     auth.register()
     h = {"X-CSRFToken": auth.csrf()}
     for data in (US7, photos.named("large")):
