@@ -10,12 +10,12 @@ from flask import Flask, g
 from flask.globals import app_ctx
 from werkzeug.exceptions import ServiceUnavailable
 
-from . import api, auth, cli, dashboard, dedup, errors, pages, resumable, security
-from .config import PROJECT_ROOT, SETTINGS, Settings, load_settings
-from .db import Database, head_revision
-from .intake import Intake
-from .services import Collector, csrf, login_manager
-from .storage import open_storage
+from collector import api, auth, cli, dashboard, dedup, errors, pages, resumable, security
+from collector.config import PROJECT_ROOT, SETTINGS, Settings, load_settings
+from collector.db import Database, head_revision
+from collector.intake import Intake
+from collector.services import Collector, csrf, login_manager
+from collector.storage import open_storage
 
 log = logging.getLogger(__name__)
 NOT_MIGRATED = "the database is not at the latest migration: run `make flask ARGS='db upgrade'`"

@@ -13,9 +13,9 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from . import limits
-from .limits import Limit, RateLimited
-from .models import ApiToken, User, utcnow
+from collector import limits
+from collector.limits import Limit, RateLimited
+from collector.models import ApiToken, User, utcnow
 
 # OWASP Password Storage Cheat Sheet, Argon2id: 19 MiB of memory, 2 iterations, 1 lane.
 hasher = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)

@@ -13,10 +13,10 @@ from flask_login import current_user
 from flask_wtf.csrf import CSRFError, validate_csrf
 from wtforms import ValidationError
 
-from . import accounts, reports
-from .credits import progress_of
-from .intake import describe_photo
-from .services import services
+from collector import accounts, reports
+from collector.credits import progress_of
+from collector.intake import describe_photo
+from collector.services import services
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 

@@ -23,9 +23,9 @@ from sqlalchemy import select
 from wtforms import BooleanField, EmailField, PasswordField, StringField
 from wtforms.validators import DataRequired, Length
 
-from . import accounts, limits
-from .models import ApiToken
-from .services import services
+from collector import accounts, limits
+from collector.models import ApiToken
+from collector.services import services
 
 bp = Blueprint("auth", __name__)
 

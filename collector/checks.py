@@ -7,11 +7,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .imaging import Fingerprint
-from .metadata import Metadata
+from collector.imaging import Fingerprint
+from collector.metadata import Metadata
 
 if TYPE_CHECKING:
-    from .inspection import Inspection
+    from collector.inspection import Inspection
 
 # The stable reason codes, with the sentence a person sees. HTTP statuses live in api.py.
 MESSAGES: dict[str, str] = {

@@ -13,9 +13,9 @@ import click
 from flask import Flask
 from flask.cli import AppGroup, with_appcontext
 
-from . import accounts, integrity, jobs, reports
-from . import export as export_mod
-from .services import services
+from collector import accounts, integrity, jobs, reports
+from collector import export as export_mod
+from collector.services import services
 
 log = logging.getLogger(__name__)
 users = AppGroup("users", help="Manage accounts.")

@@ -11,8 +11,8 @@ from itsdangerous import BadSignature, URLSafeSerializer
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from . import reports
-from .models import Photo, User, utcnow
+from collector import reports
+from collector.models import Photo, User, utcnow
 
 
 @dataclass(frozen=True)

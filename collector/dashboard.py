@@ -7,10 +7,10 @@ from functools import wraps
 from flask import Blueprint, Response, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 
-from . import credits, jobs, reports, review
-from .auth import EmptyForm
-from .models import Photo, User
-from .services import services
+from collector import credits, jobs, reports, review
+from collector.auth import EmptyForm
+from collector.models import Photo, User
+from collector.services import services
 
 bp = Blueprint("dashboard", __name__)
 

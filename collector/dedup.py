@@ -29,7 +29,7 @@ from sqlalchemy import insert, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from .models import HashBand, PhotoHash
+from collector.models import HashBand, PhotoHash
 
 log = logging.getLogger(__name__)
 

@@ -9,11 +9,11 @@ from flask_wtf.csrf import CSRFError
 from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException, InternalServerError
 
-from .api import api_error, request_user
-from .checks import reject
-from .credits import progress_of
-from .limits import RateLimited
-from .services import login_manager, services
+from collector.api import api_error, request_user
+from collector.checks import reject
+from collector.credits import progress_of
+from collector.limits import RateLimited
+from collector.services import login_manager, services
 
 # What a database fault means for the person, and how long to wait before trying again.
 DB_LOCKED = (5, "The database is busy with other uploads right now. What you just sent was not recorded; "

@@ -25,10 +25,10 @@ from pathlib import Path
 import jinja2
 from sqlalchemy import select
 
-from . import dedup
-from .models import Photo
-from .privacy import extension, minimal_exif, publishable
-from .reports import safe_cell
+from collector import dedup
+from collector.models import Photo
+from collector.privacy import extension, minimal_exif, publishable
+from collector.reports import safe_cell
 
 FORMATS = ("imagefolder", "coco", "csv")
 SPLITS = ("train", "validation", "test")
@@ -331,7 +331,7 @@ def _remove(out: Path, obsolete: list[str]) -> None:
 def _add_plates(db, records: list[dict]) -> None:
     """Each record's plates: text, box [x, y, w, h] in the image's pixels (as displayed) and
     source (machine: read by the OCR; organiser: typed or corrected by a person)."""
-    from . import jobs
+    from collector import jobs
 
     with db.Session() as session:
         plates = jobs.plates_of(session, [r["_id"] for r in records])
@@ -404,7 +404,7 @@ def _csv(rows: list[dict]) -> str:
 
 def dataset_card(options: Options, rows: list[dict], summary: Summary) -> str:
     """The dataset card (README.md), rendered from templates/dataset_card.md.j2."""
-    from .plates import FIND_SIDE, READ_SIDE
+    from collector.plates import FIND_SIDE, READ_SIDE
 
     dates = sorted(r["captured_at"].replace(":", "-", 2) for r in rows if r["captured_at"])
     per_image = [json.loads(r.get("plates") or "[]") for r in rows]

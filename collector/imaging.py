@@ -16,7 +16,7 @@ import numpy as np
 import pdqhash
 from PIL import Image
 
-from . import decoding
+from collector import decoding
 
 EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "HEIF": "heic"}
 MIME_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "HEIF": "image/heic"}

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import checks, imaging
-from .checks import Rejection, reject
-from .metadata import Metadata, read_metadata
+from collector import checks, imaging
+from collector.checks import Rejection, reject
+from collector.metadata import Metadata, read_metadata
 
 # Refusals that depend only on the bytes (never on who sent them, when, or on the database):
 # intake remembers them by SHA-256, so a bomb is refused again without being decoded again.

@@ -36,14 +36,14 @@ from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from . import checks, credits, dedup, imaging
-from .checks import Rejection, reject
-from .config import Settings
-from .credits import Progress, progress_of
-from .db import Database
-from .inspection import BYTES_ONLY_CODES, Inspection, inspect
-from .models import Photo, UploadRejection, User, utcnow
-from .storage import Storage, StorageUnavailable, photo_key, thumb_key
+from collector import checks, credits, dedup, imaging
+from collector.checks import Rejection, reject
+from collector.config import Settings
+from collector.credits import Progress, progress_of
+from collector.db import Database
+from collector.inspection import BYTES_ONLY_CODES, Inspection, inspect
+from collector.models import Photo, UploadRejection, User, utcnow
+from collector.storage import Storage, StorageUnavailable, photo_key, thumb_key
 
 CHUNK = 1 << 20
 SPOOL_MAX_AGE = 3600  # seconds; no request lives this long (the server's timeouts are shorter)

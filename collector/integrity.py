@@ -11,8 +11,8 @@ from pathlib import Path
 
 from sqlalchemy import or_, select
 
-from .models import Photo, utcnow
-from .storage import StoredObject
+from collector.models import Photo, utcnow
+from collector.storage import StoredObject
 
 QUARANTINE = "quarantine/"
 PARTIAL = "partial/"  # resumable uploads in progress: resumable.py owns and cleans them

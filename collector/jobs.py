@@ -39,9 +39,9 @@ from dataclasses import dataclass
 from sqlalchemy import exists, func, insert, select, update
 from sqlalchemy.orm import Session, aliased
 
-from . import credits
-from .config import Settings
-from .models import Photo, PhotoPlate, PlateRead, ReviewAction, utcnow
+from collector import credits
+from collector.config import Settings
+from collector.models import Photo, PhotoPlate, PlateRead, ReviewAction, utcnow
 
 CREDITED = ("accepted", "flagged")
 MAX_ATTEMPTS = 3
@@ -224,7 +224,7 @@ class PlateError(ValueError):
 def correct(db, photo_id: int, organiser_id: int, text: str, settings: Settings) -> str:
     """An organiser's plate text for the photo (its best plate, or a new plate without a box
     when none was found). Kept, audited, and wins over the machine's. Returns the text."""
-    from .plates import MAX_LEN, normalise
+    from collector.plates import MAX_LEN, normalise
 
     new = normalise(text)
     if not new or len(new) > MAX_LEN + 4:
@@ -374,8 +374,8 @@ def deadline(seconds: float):
 
 def read_one(db, storage, claim: Claim, settings: Settings, deadline_s: float = DEADLINE_S) -> str:
     """Read the claimed photo and write the outcome; returns the state written (or 'lost')."""
-    from . import plates
-    from .storage import StorageUnavailable
+    from collector import plates
+    from collector.storage import StorageUnavailable
 
     with db.Session() as s:
         photo = s.get(Photo, claim.photo_id)

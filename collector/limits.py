@@ -20,7 +20,7 @@ from sqlalchemy import case, delete, literal, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from .models import RateCounter, UTCDateTime, utcnow
+from collector.models import RateCounter, UTCDateTime, utcnow
 
 
 @dataclass(frozen=True)

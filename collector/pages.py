@@ -5,14 +5,14 @@ from __future__ import annotations
 from flask import Blueprint, abort, flash, render_template, request, send_file, url_for
 from flask_login import current_user, login_required
 
-from . import jobs, reports
-from .auth import EmptyForm
-from .credits import progress_of
-from .imaging import MIME_TYPES
-from .models import Photo
-from .review import REASONS
-from .security import MAX_FORM_FILES
-from .services import services
+from collector import jobs, reports
+from collector.auth import EmptyForm
+from collector.credits import progress_of
+from collector.imaging import MIME_TYPES
+from collector.models import Photo
+from collector.review import REASONS
+from collector.security import MAX_FORM_FILES
+from collector.services import services
 
 bp = Blueprint("pages", __name__)
 
@@ -44,7 +44,7 @@ def upload():
 def meetup_pass():
     import segno
 
-    from . import credits
+    from collector import credits
 
     svc = services()
     progress = svc.intake.progress(current_user.id)

@@ -347,7 +347,7 @@ def open_photo(data: bytes, fmt: str, orientation: int, max_pixels: int) -> Imag
     Pillow opens the file (its WebP plugin allocates the canvas when opening)."""
     import io
 
-    from . import decoding, imaging
+    from collector import decoding, imaging
 
     header = decoding.precheck(data, fmt)
     if header.width * header.height > max_pixels:

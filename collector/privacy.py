@@ -18,7 +18,7 @@ import zlib
 
 from PIL import Image
 
-from .imaging import _register_heif
+from collector.imaging import _register_heif
 
 # JPEG markers kept as they are: JFIF (APP0), ICC profile (APP2 "ICC_PROFILE"), Adobe (APP14).
 _KEEP_APP = {0xE0: b"JFIF", 0xE2: b"ICC_PROFILE\x00", 0xEE: b"Adobe"}

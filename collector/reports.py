@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import case, func, or_, select
 
-from .models import AcceptedHour, Photo, UploadRejection, User, utcnow
+from collector.models import AcceptedHour, Photo, UploadRejection, User, utcnow
 
 CREDITED = ("accepted", "flagged")
 STATES = {"paid": "Fee paid", "in_progress": "In progress", "not_started": "Not started", "checked_in": "Checked in"}
@@ -206,6 +206,6 @@ def chart_svg(series: list[tuple[dt.datetime, int]], before: int, width: int = 7
 
 
 def _plate_counts(session) -> dict[str, int]:
-    from . import jobs  # jobs -> credits -> reports: imported when first needed
+    from collector import jobs  # jobs -> credits -> reports: imported when first needed
 
     return jobs.counts(session)

@@ -38,12 +38,12 @@ from flask.cli import with_appcontext
 from sqlalchemy import delete, func, select, update
 from werkzeug.exceptions import ClientDisconnected
 
-from .api import STATUS_FOR, api_error, authenticated
-from .checks import MESSAGES, reject
-from .intake import CHUNK, clean_filename
-from .models import ResumableUpload, utcnow
-from .services import csrf, services
-from .storage import StorageUnavailable
+from collector.api import STATUS_FOR, api_error, authenticated
+from collector.checks import MESSAGES, reject
+from collector.intake import CHUNK, clean_filename
+from collector.models import ResumableUpload, utcnow
+from collector.services import csrf, services
+from collector.storage import StorageUnavailable
 
 log = logging.getLogger(__name__)
 

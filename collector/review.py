@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from sqlalchemy import func, or_, select, update
 
-from . import checks, credits, dedup, jobs, reports
-from .models import Photo, ReviewAction
+from collector import checks, credits, dedup, jobs, reports
+from collector.models import Photo, ReviewAction
 
 REASONS = {
     "not_a_plate": "Not a number plate",

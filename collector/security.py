@@ -16,8 +16,8 @@ from flask import Flask, current_app, g, request
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import limits
-from .services import login_manager, services
+from collector import limits
+from collector.services import login_manager, services
 
 MIB = 1024 * 1024
 SMALL_BODY = MIB  # log-in, registration, dashboard buttons
@@ -98,14 +98,14 @@ def _count_upload(user_id: int) -> None:
 
 
 def _request_user():
-    from .api import request_user  # api imports this module's neighbours
+    from collector.api import request_user  # api imports this module's neighbours
 
     return request_user()
 
 
 def _unauthorised():
     if request.path.startswith("/api/"):
-        from .api import api_error
+        from collector.api import api_error
 
         if request.headers.get("Authorization"):
             return api_error(401, "unauthorized", "The API token is missing, wrong or revoked.")

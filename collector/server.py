@@ -184,7 +184,7 @@ class BufferedWSGI:
         await self._send(send, *answer)
 
     def _gate(self, environ):
-        from .security import gate
+        from collector.security import gate
 
         return gate(self.app, environ)
 

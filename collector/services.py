@@ -13,11 +13,11 @@ from flask import current_app
 from flask_login import LoginManager
 from flask_wtf.csrf import CSRFProtect
 
-from .config import Settings
-from .db import Database
-from .intake import Intake
-from .models import User
-from .storage import Storage
+from collector.config import Settings
+from collector.db import Database
+from collector.intake import Intake
+from collector.models import User
+from collector.storage import Storage
 
 csrf = CSRFProtect()
 login_manager = LoginManager()
