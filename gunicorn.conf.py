@@ -1,7 +1,7 @@
 """gunicorn's settings for `make run` and the tests that start real workers (read from the
-working directory by gunicorn itself). See collector/server.py for why this worker class."""
+working directory by gunicorn itself). See collector/web/server.py for why this worker class."""
 
-worker_class = "collector.server.Worker"
+worker_class = "collector.web.server.Worker"
 workers = 2
 threads = 8  # app threads per process; connections wait on the event loop
 worker_connections = 1000  # open connections per process; beyond it, an immediate 503
@@ -13,7 +13,7 @@ graceful_timeout = 30
 def on_starting(server):
     """Migrations, once, in the master before any worker builds the app (`gunicorn app:app`
     needs no other step; `make run` has already run `flask --app app db upgrade`)."""
-    from collector.config import load_settings
-    from collector.db import upgrade
+    from collector.platform.config import load_settings
+    from collector.platform.db import upgrade
 
     upgrade(load_settings().DATABASE_URL)

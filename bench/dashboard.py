@@ -23,7 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from collector import accounts, create_app  # noqa: E402
+from collector import create_app  # noqa: E402
+from collector.web import accounts  # noqa: E402
 
 
 def seed(db, contributors: int, photos: int) -> None:

@@ -42,8 +42,8 @@ sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import text  # noqa: E402
 
-from collector import dedup  # noqa: E402
-from collector.db import Database  # noqa: E402
+from collector.intake import dedup  # noqa: E402
+from collector.platform.db import Database  # noqa: E402
 from tests.scratch_db import scratch_database  # noqa: E402
 
 CHUNK = 250_000

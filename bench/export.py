@@ -35,8 +35,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from collector import accounts, create_app  # noqa: E402
-from collector import export as export_mod  # noqa: E402
+from collector import create_app  # noqa: E402
+from collector.dataset import export as export_mod  # noqa: E402
+from collector.web import accounts  # noqa: E402
 from tests.synthetic import plate_photo  # noqa: E402
 
 
@@ -62,7 +63,7 @@ def copy_files(files: list[Path], dest: Path) -> None:
 
 
 def export_of(ref: str, folder: Path):
-    """collector/export.py as of ``ref``, importable as ``collector_ref.export``."""
+    """collector/dataset/export.py as of ``ref``, importable as ``collector_ref.export``."""
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "collector"], check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
     (folder / "collector").rename(folder / "collector_ref")

@@ -104,8 +104,9 @@ def _children_cpu() -> float:
 
 
 def worker(kind: str, path: Path) -> dict:
-    from collector import create_app, decoding, imaging
-    from collector.accounts import create_user
+    from collector import create_app
+    from collector.intake import decoding, imaging
+    from collector.web.accounts import create_user
 
     tmp = Path(tempfile.mkdtemp(prefix="hostile-"))
     app = create_app({"DATA_DIR": str(tmp), "DATABASE_URL": f"sqlite:///{tmp / 'db.sqlite3'}",
@@ -150,7 +151,7 @@ def worker(kind: str, path: Path) -> dict:
 
 def overhead(mode: str, fmt: str, path: Path, n: int, threads: int) -> dict:
     """Per-photo CPU and peak RSS of decoding ``path`` in this fresh worker process."""
-    from collector import decoding, imaging
+    from collector.intake import decoding, imaging
 
     procs = 0 if mode == "in worker" else imaging.DECODE_PROCESSES
     pool = decoding.pool(procs, imaging.DECODE_MEMORY_MB, imaging.DECODE_CPU_SECONDS) if procs else None

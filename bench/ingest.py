@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 from PIL import Image  # noqa: E402
 from sqlalchemy import event  # noqa: E402
 
-from collector.imaging import _register_heif  # noqa: E402
+from collector.intake.imaging import _register_heif  # noqa: E402
 
 CORPUS = ROOT.parent / "shared" / "corpus"
 NOT_CAMERAS = ("Polyphony Digital",)  # Gran Turismo 5 screenshots
@@ -171,7 +171,8 @@ class Probe:
 
 
 def submit_runs(files: list[Path], repeat: int) -> dict[Path, dict]:
-    from collector import accounts, create_app
+    from collector import create_app
+    from collector.web import accounts
 
     runs: dict[Path, list[dict]] = {f: [] for f in files}
     for _ in range(repeat):

@@ -6,7 +6,7 @@ sequence recommended for the intake rewrite, in the same run, on SQLite and Post
 Three sequences run against the same database (``--stored`` photos already in it), with the
 same in-memory near-duplicate index, for ``--uploads`` new photos of one contributor each:
 
-  today         the calls intake.py makes for an accepted photo: ``known`` (one query), the
+  today         the calls intake/pipeline.py makes for an accepted photo: ``known`` (one query), the
                 near lookup in a second session, then under the write lock ``decide`` (one
                 query + the near lookup's catch-up), the burst update, the ORM insert and
                 flush, hash + 16 band rows, and ``credits.adjust``;
@@ -37,9 +37,11 @@ sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import event, insert  # noqa: E402
 
-from collector import accounts, create_app, credits, dedup  # noqa: E402
-from collector.intake import mark_burst  # noqa: E402
-from collector.models import Photo, utcnow  # noqa: E402
+from collector import create_app  # noqa: E402
+from collector.intake import credits, dedup  # noqa: E402
+from collector.intake.pipeline import mark_burst  # noqa: E402
+from collector.platform.models import Photo, utcnow  # noqa: E402
+from collector.web import accounts  # noqa: E402
 from tests.scratch_db import scratch_database  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
@@ -103,8 +105,8 @@ def facts_cost(svc, user_id: int, n: int = 300) -> tuple[float, float]:
     statement built once with bound parameters (SQLAlchemy then reuses its compiled form)."""
     from sqlalchemy import bindparam, select
 
-    from collector.intake import BYTES_ONLY_CODES, _facts
-    from collector.models import UploadRejection, User
+    from collector.intake.pipeline import BYTES_ONLY_CODES, _facts
+    from collector.platform.models import UploadRejection, User
 
     sha, uid = bindparam("sha"), bindparam("uid")
 

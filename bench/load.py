@@ -46,9 +46,10 @@ from PIL import Image  # noqa: E402
 from sqlalchemy import create_engine, func, select, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
-from collector import accounts, create_app  # noqa: E402
-from collector.imaging import _register_heif  # noqa: E402
-from collector.models import Photo, User  # noqa: E402
+from collector import create_app  # noqa: E402
+from collector.intake.imaging import _register_heif  # noqa: E402
+from collector.platform.models import Photo, User  # noqa: E402
+from collector.web import accounts  # noqa: E402
 from tests.conftest import free_port, wait_for_port  # noqa: E402
 from tests.synthetic import plate_photo  # noqa: E402
 

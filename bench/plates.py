@@ -61,7 +61,7 @@ def load(path: Path):
     """The photo as displayed: orientation applied, JPEG decoded at reduced scale (draft)."""
     from PIL import Image, ImageOps
 
-    from collector import plates
+    from collector.plates import reader as plates
     plates._register_heif()
     with Image.open(path) as im:
         if im.format in ("JPEG", "MPO"):
@@ -80,7 +80,7 @@ class DefaultReader:
     def lines(self, im):
         import numpy as np
 
-        from collector.plates import Line
+        from collector.plates.reader import Line
         out = self.engine(np.ascontiguousarray(np.asarray(im)[:, :, ::-1]))
         if out.boxes is None:
             return []
@@ -91,7 +91,7 @@ class DefaultReader:
         return res
 
     def read(self, im):
-        from collector.plates import plates_from_lines
+        from collector.plates.reader import plates_from_lines
         return plates_from_lines(self.lines(im))
 
 
@@ -102,7 +102,7 @@ def char_accuracy(got: str, truth: str) -> float:
 
 def run_side(side: int, show_lines: bool) -> dict:
     """In this process: read every corpus photo at ``side``; per-photo figures."""
-    from collector import plates
+    from collector.plates import reader as plates
     t0 = time.process_time()
     if side:
         plates.READ_SIDE = side
@@ -195,8 +195,8 @@ def workers_bench(counts: list[int], jobs: int) -> None:
     import io
 
     from collector import create_app
-    from collector import jobs as jobs_mod
-    from collector.accounts import create_user
+    from collector.plates import jobs as jobs_mod
+    from collector.web.accounts import create_user
     from tests.plate_images import plate_photo
 
     print(f"\nworkers: {jobs} generated 1600x1200 plate photos per run, SQLite")

@@ -32,7 +32,8 @@ sys.path.insert(0, str(ROOT))
 
 import requests  # noqa: E402
 
-from collector import accounts, create_app  # noqa: E402
+from collector import create_app  # noqa: E402
+from collector.web import accounts  # noqa: E402
 from tests.conftest import free_port, wait_for_port  # noqa: E402
 from tests.synthetic import plate_photo  # noqa: E402
 
@@ -162,7 +163,7 @@ def main() -> None:
     args.slow = min(args.slow, 200)
     args.seconds = min(args.seconds, 120.0)
     args.probe_seconds = min(args.probe_seconds, args.seconds - 4)
-    run("make run (collector.server.Worker)", args, gthread=False)
+    run("make run (collector.web.server.Worker)", args, gthread=False)
     if args.compare_gthread:
         run("old set-up (gthread)", args, gthread=True)
 

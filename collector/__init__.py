@@ -10,12 +10,15 @@ from flask import Flask, g
 from flask.globals import app_ctx
 from werkzeug.exceptions import ServiceUnavailable
 
-from collector import api, auth, cli, dashboard, dedup, errors, pages, resumable, security
-from collector.config import PROJECT_ROOT, SETTINGS, Settings, load_settings
-from collector.db import Database, head_revision
-from collector.intake import Intake
-from collector.services import Collector, csrf, login_manager
-from collector.storage import open_storage
+from collector import cli
+from collector.intake import dedup
+from collector.intake.pipeline import Intake
+from collector.organisers import dashboard
+from collector.platform.config import PROJECT_ROOT, SETTINGS, Settings, load_settings
+from collector.platform.db import Database, head_revision
+from collector.platform.services import Collector, csrf, login_manager
+from collector.platform.storage import open_storage
+from collector.web import api, auth, errors, pages, resumable, security
 
 log = logging.getLogger(__name__)
 NOT_MIGRATED = "the database is not at the latest migration: run `make flask ARGS='db upgrade'`"

@@ -13,9 +13,12 @@ import click
 from flask import Flask
 from flask.cli import AppGroup, with_appcontext
 
-from collector import accounts, integrity, jobs, reports
-from collector import export as export_mod
-from collector.services import services
+from collector.dataset import export as export_mod
+from collector.organisers import reports
+from collector.plates import jobs
+from collector.platform import integrity
+from collector.platform.services import services
+from collector.web import accounts
 
 log = logging.getLogger(__name__)
 users = AppGroup("users", help="Manage accounts.")

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from collector import create_app
-from collector.models import Base
+from collector.platform.models import Base
 
 from .scratch_db import scratch_database
 
@@ -283,7 +283,7 @@ def svc(app):
 
 @pytest.fixture
 def make_user(svc):
-    from collector import accounts
+    from collector.web import accounts
 
     def make(email="ann@example.com", name="Ann", password="correct horse battery", organiser=False):
         return accounts.create_user(svc.db, email, name, password, "CC BY 4.0", organiser=organiser)

@@ -19,8 +19,8 @@ import atheris
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from collector import decoding, imaging, inspection, metadata  # noqa: E402
-from collector.checks import Rejection  # noqa: E402
+from collector.intake import decoding, imaging, inspection, metadata  # noqa: E402
+from collector.intake.checks import Rejection  # noqa: E402
 
 
 def _instrument(*modules) -> None:

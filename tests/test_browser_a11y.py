@@ -30,7 +30,8 @@ def settings(settings):
 @pytest.fixture
 def site(app, svc, make_user):
     """A meetup in progress: an organiser, an attendee with a paid fee, a rejected photo, a refusal."""
-    from collector import credits, review
+    from collector.intake import credits
+    from collector.organisers import review
 
     org = make_user("org@example.com", "Olu", PASSWORD, organiser=True)
     ann = make_user("ann@example.com", "Ann", PASSWORD)
@@ -59,7 +60,7 @@ def check(page, url: str, found: dict) -> None:
 
 
 def photo_status(site, photo_id):
-    from collector.models import Photo
+    from collector.platform.models import Photo
 
     with site["svc"].db.Session() as session:
         return session.get(Photo, photo_id).status

@@ -205,7 +205,7 @@ def test_reload_mid_batch_resumes_by_itself(svc, server, phone, tmp_path):
     with svc.db.Session() as s:
         from sqlalchemy import func, select
 
-        from collector.models import Photo
+        from collector.platform.models import Photo
         assert s.scalar(select(func.count()).select_from(Photo)) == 6
     # nothing left in flight: leaving does not ask
     assert phone.page.evaluate("() => window.dispatchEvent(new Event('beforeunload', {cancelable: true}))")
@@ -305,7 +305,7 @@ def test_a_lost_reply_replayed_reads_accepted(svc, server, phone, tmp_path):
     with svc.db.Session() as s:
         from sqlalchemy import func, select
 
-        from collector.models import Photo
+        from collector.platform.models import Photo
         assert s.scalar(select(func.count()).select_from(Photo)) == 1
 
 

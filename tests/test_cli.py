@@ -6,7 +6,7 @@ import json
 
 from sqlalchemy import select
 
-from collector.models import User
+from collector.platform.models import User
 
 from . import hostile, photos
 

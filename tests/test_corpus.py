@@ -16,8 +16,8 @@ import json
 import pytest
 from sqlalchemy import select
 
-from collector import dedup
-from collector.models import Photo
+from collector.intake import dedup
+from collector.platform.models import Photo
 
 from .conftest import CORPUS, corpus, plate
 from .test_intake import TRANSFORMS
@@ -179,7 +179,7 @@ def test_real_photo_keeps_its_pixels_through_export(svc, runner, make_user, subm
 
     import exifread
 
-    from collector import privacy
+    from collector.dataset import privacy
 
     ann = make_user()
     path = plate("br/JST2699.jpg")

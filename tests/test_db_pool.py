@@ -9,8 +9,8 @@ from collections import defaultdict
 import pytest
 from sqlalchemy import event
 
-from collector import accounts
-from collector.db import SPARE_CONNECTIONS, Database, server_threads
+from collector.platform.db import SPARE_CONNECTIONS, Database, server_threads
+from collector.web import accounts
 
 from .conftest import multipart, plate
 
@@ -84,7 +84,7 @@ def test_release_hands_back_the_request_sessions_connection(app, svc, token_clie
     with app.test_request_context(headers=headers):
         count = Checkouts(svc.db.engine)
         try:
-            from collector.api import token_user
+            from collector.web.api import token_user
 
             user = token_user()
             assert user is not None and count.held[threading.get_ident()] == 1

@@ -10,9 +10,9 @@ import time
 import pytest
 from sqlalchemy import delete, insert, select
 
-from collector import dedup
-from collector.models import Photo, User, utcnow
-from collector.storage import photo_key, thumb_key
+from collector.intake import dedup
+from collector.platform.models import Photo, User, utcnow
+from collector.platform.storage import photo_key, thumb_key
 
 pytestmark = pytest.mark.filterwarnings("error")
 

@@ -2,7 +2,7 @@
 
 from dataclasses import fields
 
-from collector.config import SETTINGS, Settings
+from collector.platform.config import SETTINGS, Settings
 
 from .conftest import ROOT
 

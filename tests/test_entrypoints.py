@@ -10,7 +10,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from collector.db import Database, head_revision
+from collector.platform.db import Database, head_revision
 
 from .conftest import ROOT, gunicorn
 
@@ -44,7 +44,7 @@ def test_importing_and_building_change_nothing_in_the_process(tmp_path):
     code = (
         "import sys, warnings\n"
         "from PIL import Image\n"
-        "from collector import accounts, create_app\n"
+        "from collector import create_app; from collector.web import accounts\n"
         "assert accounts._dummy_hash.cache_info().currsize == 0, 'an Argon2 hash at import'\n"
         "before = (Image.MAX_IMAGE_PIXELS, list(warnings.filters))\n"
         "app = create_app({'DATA_DIR': sys.argv[1], 'SECRET_KEY': 'x'})\n"

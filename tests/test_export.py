@@ -14,8 +14,9 @@ import pytest
 from PIL import Image
 from sqlalchemy import select, update
 
-from collector import dedup, privacy
-from collector.models import Photo
+from collector.dataset import privacy
+from collector.intake import dedup
+from collector.platform.models import Photo
 
 from . import images, photos
 
@@ -368,7 +369,7 @@ def test_card_states_the_distance_and_no_value_breaks_its_front_matter(hostile_s
 def test_yaml_scalar_round_trips(text):
     import yaml
 
-    from collector.export import yaml_scalar
+    from collector.dataset.export import yaml_scalar
 
     scalar = yaml_scalar(text)
     assert "\n" not in scalar

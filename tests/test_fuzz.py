@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from collector import config, decoding, inspection, metadata
-from collector.checks import Rejection
+from collector.intake import decoding, inspection, metadata
+from collector.intake.checks import Rejection
+from collector.platform import config
 
 from . import hostile_files as H
 

@@ -15,8 +15,8 @@ import time
 
 import pytest
 
-from collector import decoding, imaging, metadata
-from collector.imaging import DecodeError
+from collector.intake import decoding, imaging, metadata
+from collector.intake.imaging import DecodeError
 
 from . import hostile_files as H
 from .conftest import corpus

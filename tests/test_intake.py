@@ -14,9 +14,9 @@ import pytest
 from PIL import Image, ImageFilter
 from sqlalchemy import func, select
 
-from collector import dedup
-from collector.models import HashBand, Photo, UploadRejection, User
-from collector.storage import photo_key, thumb_key
+from collector.intake import dedup
+from collector.platform.models import HashBand, Photo, UploadRejection, User
+from collector.platform.storage import photo_key, thumb_key
 
 from . import hostile, images, photos
 

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from collector import imaging
-from collector.models import Photo, User
-from collector.storage import photo_key, thumb_key
+from collector.intake import imaging
+from collector.platform.models import Photo, User
+from collector.platform.storage import photo_key, thumb_key
 from tests.synthetic import plate_photo
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,7 +56,7 @@ def test_decide_answers_exact_before_near(svc, submit, ann, bob):
     data = plate_photo(1, size=(1200, 900))
     first = submit(ann, data)
     assert first.status == "accepted"
-    ins = __import__("collector.inspection", fromlist=["inspect"])
+    ins = __import__("collector.intake.inspection", fromlist=["inspect"])
     path = Path(svc.intake.spool_dir) / "probe.jpg"
     path.write_bytes(data)
     inspected = ins.inspect(path, data[:64], svc.settings)
@@ -229,7 +229,7 @@ def write_lock_held(svc):
     """Another writer holding the intake write lock (SQLite's, or PostgreSQL's advisory lock)."""
     from sqlalchemy import create_engine, text
 
-    from collector.db import INTAKE_LOCK
+    from collector.platform.db import INTAKE_LOCK
 
     engine = create_engine(svc.settings["DATABASE_URL"], poolclass=__import__("sqlalchemy.pool", fromlist=["NullPool"]).NullPool)
     conn = engine.connect()
@@ -246,7 +246,7 @@ def write_lock_held(svc):
 
 
 def test_a_locked_database_is_a_503_and_keeps_nothing(client, svc, ann):
-    from collector import accounts
+    from collector.web import accounts
     from tests.conftest import multipart
 
     token = accounts.create_token(svc.db, ann.id).token

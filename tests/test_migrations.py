@@ -9,7 +9,7 @@ from alembic.config import Config
 from sqlalchemy import text
 
 from collector import create_app
-from collector.db import MIGRATIONS, Database, head_revision
+from collector.platform.db import MIGRATIONS, Database, head_revision
 
 from . import photos
 

@@ -9,7 +9,8 @@ import re
 
 import pytest
 
-from collector import accounts, credits
+from collector.intake import credits
+from collector.web import accounts
 
 from . import images, photos
 from .conftest import Auth
@@ -245,7 +246,7 @@ def test_close_to_another_photo_filter(settings, request, near_duplicate_distanc
         return
     assert v.accepted, v.message
     with svc.db.Session() as s:
-        from collector.models import Photo
+        from collector.platform.models import Photo
 
         assert near_duplicate_distance < s.get(Photo, v.photo_id).nearest_distance <= 31
     assert 'aria-current=page>Within 31 bits of an earlier photo' in listed
@@ -255,7 +256,7 @@ def test_close_to_another_photo_filter(settings, request, near_duplicate_distanc
 def test_burst_flag_and_hourly_chart_counts(app, svc, world):
     from PIL import Image
 
-    from collector import reports
+    from collector.organisers import reports
 
     def shot(seed, when):
         exif = Image.Exif()
@@ -292,7 +293,7 @@ def test_flag_keeps_credit_and_clear_flag(app, svc, world):
 
 
 def test_contributor_photos_lists_one_persons_newest_first_up_to_the_limit(svc, world):
-    from collector import reports
+    from collector.organisers import reports
 
     for n in range(3):
         svc.intake.submit(world["ann"].id, io.BytesIO(b"not a photo %d" % n), f"junk{n}.txt")
@@ -308,7 +309,7 @@ def test_contributor_photos_lists_one_persons_newest_first_up_to_the_limit(svc, 
 
 
 def test_find_by_name_email_or_pass_code_never_an_organiser(svc, world, make_user):
-    from collector import reports
+    from collector.organisers import reports
 
     code = credits.ensure_pass_code(svc.db, svc.settings["SECRET_KEY"], world["ann"].id)
     make_user("anna@example.com", "Anna")

@@ -1,6 +1,6 @@
 """The plate reader: the plate rule, the two-line merge, generated plates, real corpus photos.
 
-The OCR model is loaded once per test session (``collector.plates.reader()`` is a process-wide
+The OCR model is loaded once per test session (``collector.plates.reader.reader()`` is a process-wide
 singleton); each reading costs about a second of CPU on this machine, so the tests read few
 photos, and small ones.
 """
@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageOps
 
-from collector import plates
-from collector.plates import Line, normalise, plate_like, plates_from_lines
+from collector.plates import reader as plates
+from collector.plates.reader import Line, normalise, plate_like, plates_from_lines
 
 from .conftest import ROOT, corpus
 from .plate_images import no_plate_photo, plate_photo
@@ -152,7 +152,7 @@ def test_the_reader_needs_no_network(tmp_path):
         pytest.skip("needs unshare -n (a network namespace) to cut the network")
     data, _ = plate_photo(["AB-123-CD"], seed=9, size=(640, 480), plate_width=220)
     (tmp_path / "p.jpg").write_bytes(data)
-    code = ("import sys; from PIL import Image; from collector import plates; "
+    code = ("import sys; from PIL import Image; from collector.plates import reader as plates; "
             "print([p.text for p in plates.read_plates(Image.open(sys.argv[1]).convert('RGB'))])")
     out = subprocess.run(["unshare", "-n", sys.executable, "-c", code, str(tmp_path / "p.jpg")], cwd=ROOT,
                          capture_output=True, text=True, timeout=300, env={**os.environ, "HOME": str(tmp_path)})

@@ -18,8 +18,8 @@ import time
 import pytest
 from sqlalchemy import select
 
-from collector import jobs
-from collector.models import PhotoPlate, PlateRead, ReviewAction, User
+from collector.plates import jobs
+from collector.platform.models import PhotoPlate, PlateRead, ReviewAction, User
 
 from .conftest import ROOT
 from .plate_images import no_plate_photo, plate_photo
@@ -84,7 +84,7 @@ def test_a_photo_missing_from_storage_is_an_error_not_a_crash(svc, make_user):
     ann = make_user()
     pid = _accept(svc, ann, _plate(["AB-123-CD"], 4))
     with svc.db.Session() as s:
-        from collector.models import Photo
+        from collector.platform.models import Photo
         key = s.get(Photo, pid).storage_key
     svc.storage.delete(key)
     assert _run(svc) == 1
@@ -197,7 +197,7 @@ def test_hold_policy_takes_the_credit_back_until_an_organiser_approves(app, svc,
 
 @pytest.mark.settings(PLATE_POLICY="hold")
 def test_rejecting_a_held_photo_does_not_take_its_credit_twice(app, svc, make_user):
-    from collector import review
+    from collector.organisers import review
 
     ann = make_user()
     org = make_user("org@example.com", "Org", organiser=True)
@@ -244,7 +244,7 @@ def test_same_plate_from_another_contributor_is_flagged_as_a_possible_crop(svc, 
     b = _accept(svc, bob, plate_photo(["MH12 DE1433"], seed=51, size=(900, 700), plate_width=300)[0])
     _run(svc)
     assert _read(svc, b).similar_to_id == a and _read(svc, a).similar_to_id is None
-    from collector.models import Photo
+    from collector.platform.models import Photo
     with svc.db.Session() as s:
         listed = s.scalars(select(Photo.id).where(jobs.filter_condition("possible_crop"))).all()
         same = s.scalars(select(Photo.id).where(jobs.filter_condition("same_plate"))).all()

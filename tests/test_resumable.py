@@ -1,4 +1,4 @@
-"""The tus server (collector/resumable.py) through Flask's test client, on a real database and a
+"""The tus server (collector/web/resumable.py) through Flask's test client, on a real database and a
 real storage folder (and the S3 server for the part objects)."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import io
 import pytest
 from sqlalchemy import select, update
 
-from collector.models import Photo, ResumableUpload, UploadRejection
-from collector.resumable import PART_PREFIX
+from collector.platform.models import Photo, ResumableUpload, UploadRejection
+from collector.web.resumable import PART_PREFIX
 
 from .synthetic import plate_photo
 from .test_scale import workers  # noqa: F401  (the four-worker fixture)
@@ -140,7 +140,7 @@ def test_anonymous_and_missing_csrf_are_refused(client, auth):
 
 
 def test_bearer_token_works_without_csrf(client, svc, make_user):
-    from collector import accounts
+    from collector.web import accounts
 
     user = make_user()
     token = accounts.create_token(svc.db, user.id).token
@@ -241,7 +241,7 @@ def test_by_sha256_answers_from_the_hash_alone(client, auth, tus, submit, make_u
 
 def test_parts_on_s3(s3_settings, request):
     """The same protocol with the parts as objects in the loopback S3 server."""
-    from collector import accounts
+    from collector.web import accounts
 
     svc, client = request.getfixturevalue("svc"), request.getfixturevalue("client")  # on s3_settings
     user = request.getfixturevalue("make_user")("s3@example.com", "S")
@@ -298,7 +298,7 @@ def test_uploads_across_four_gunicorn_workers(workers):  # noqa: F811  (the fixt
 
 
 def test_an_upload_in_too_many_pieces_is_refused_with_a_code(tus, monkeypatch):
-    from collector import resumable
+    from collector.web import resumable
 
     monkeypatch.setattr(resumable, "MAX_PARTS", 3)
     url = tus.create(100).headers["Location"]

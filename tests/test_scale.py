@@ -10,9 +10,9 @@ import pytest
 import requests
 from sqlalchemy import func, select
 
-from collector import accounts
-from collector.models import Photo, User
-from collector.storage import photo_key, thumb_key
+from collector.platform.models import Photo, User
+from collector.platform.storage import photo_key, thumb_key
+from collector.web import accounts
 
 from . import images, photos
 from .conftest import free_port, gunicorn, multipart

@@ -19,9 +19,9 @@ import pytest
 import requests
 from sqlalchemy import update
 
-from collector import accounts
-from collector.db import Database
-from collector.models import Photo
+from collector.platform.db import Database
+from collector.platform.models import Photo
+from collector.web import accounts
 
 from .conftest import ROOT, Auth, csrf_from, free_port, gunicorn, multipart
 from .synthetic import plate_photo
@@ -462,7 +462,7 @@ def test_finding_15_a_locked_database_answers_503_with_retry_after(app, client, 
     """SQLite: another process holds the write lock. PostgreSQL: another session holds the intake lock."""
     from sqlalchemy import create_engine, text
 
-    from collector.db import INTAKE_LOCK
+    from collector.platform.db import INTAKE_LOCK
 
     auth.register()
     with svc.db.Session() as session:

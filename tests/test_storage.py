@@ -7,8 +7,8 @@ import io
 
 import pytest
 
-from collector.integrity import QUARANTINE
-from collector.storage import LocalStorage, S3Storage, StorageUnavailable, open_storage, photo_key, thumb_key
+from collector.platform.integrity import QUARANTINE
+from collector.platform.storage import LocalStorage, S3Storage, StorageUnavailable, open_storage, photo_key, thumb_key
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -82,7 +82,7 @@ def test_s3_upload_carries_a_sha256_checksum(s3_env, tmp_path):
 
 
 def test_unreachable_store_is_a_clear_error(tmp_path):
-    from collector.storage import S3Storage
+    from collector.platform.storage import S3Storage
 
     store = S3Storage("bucket", "", "http://127.0.0.1:9")  # nothing listens on port 9
     assert store.client.meta.config.retries["mode"] == "standard"

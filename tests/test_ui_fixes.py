@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 
-from collector import credits
+from collector.intake import credits
 
 from .conftest import csrf_from
 from .phone_photos import phone_photo
@@ -58,7 +58,7 @@ def test_someone_elses_pass_link_says_why_it_is_refused(app, svc, make_user):
 
 
 def test_chart_keeps_the_last_48_hours_once_photos_are_older(app, svc, make_user):
-    from collector import reports
+    from collector.organisers import reports
 
     with svc.db.write_transaction(lock=False) as tx:
         reports.bump_hour(tx, dt.datetime.now(dt.UTC) - dt.timedelta(hours=30), +1)

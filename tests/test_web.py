@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 from sqlalchemy import select
 
-from collector import accounts
-from collector.models import User
+from collector.platform.models import User
+from collector.web import accounts
 
 from . import images, photos
 from .conftest import Auth, csrf_from, multipart
@@ -184,7 +184,7 @@ def test_revoked_token_stops_working(client, auth, svc):
     again = client.get("/account").get_data(as_text=True)  # a reload: shown once, nothing created
     assert tok not in again and again.count("active</td>") == 1
     with svc.db.Session() as s:
-        from collector.models import ApiToken
+        from collector.platform.models import ApiToken
 
         token_id = s.scalars(select(ApiToken.id)).one()
     client.post(f"/account/tokens/{token_id}/revoke", data={"csrf_token": auth.csrf()})

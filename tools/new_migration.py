@@ -1,11 +1,11 @@
-"""Write a new Alembic migration: the difference between collector/models.py and the schema
+"""Write a new Alembic migration: the difference between collector/platform/models.py and the schema
 that the existing migrations build.
 
     make migration MSG="add a note to photos"      (or: .venv/bin/python tools/new_migration.py "...")
 
 It upgrades a scratch SQLite database (in a temporary folder, deleted afterwards) to the newest
 revision, then lets Alembic's autogenerate compare it with the models and write
-collector/migrations/versions/<next number>_<message>.py. Read what it wrote before committing:
+collector/platform/migrations/versions/<next number>_<message>.py. Read what it wrote before committing:
 autogenerate cannot see renames (it writes a drop and an add), server defaults or data
 migrations, and SQLite changes tables in batch mode. Then run the suite on both databases
 (`make test`); tests/test_migrations.py upgrades a database that holds rows.
@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from alembic import command  # noqa: E402
 from alembic.config import Config  # noqa: E402
 
-from collector.db import MIGRATIONS, Database  # noqa: E402
+from collector.platform.db import MIGRATIONS, Database  # noqa: E402
 
 
 def next_revision() -> str:

@@ -1,0 +1,1 @@
+"""The dataset export and what it strips from photos."""

@@ -1,0 +1,1 @@
+"""What organisers use: review, reports, the dashboard and the door."""

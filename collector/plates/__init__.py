@@ -1,0 +1,1 @@
+"""Plate reading: the reader and the background jobs that run it."""

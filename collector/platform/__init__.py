@@ -1,0 +1,1 @@
+"""The platform every layer stands on: settings, database, models, storage, migrations."""
