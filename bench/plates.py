@@ -1,6 +1,6 @@
 """Plate reading on the corpus: recall, false "found", text accuracy, CPU and memory, workers.
 
-    python bench/plates.py [--sides 1280] [--workers 1,2] [--jobs 24] [--lines]
+    python bench/plates.py [--sides 1440] [--workers 1,2] [--jobs 24] [--lines]
 
 Plate photos: ../shared/corpus/plates (ground truth in the .txt files and the seg_and_ocr csv).
 Photos without a plate: the camera photos under ../shared/corpus/exif/jpg (animals, buildings,
@@ -153,7 +153,7 @@ def summary(res: dict) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--sides", default="1280", help="reading sides to measure; 0 = RapidOCR's defaults at full size")
+    ap.add_argument("--sides", default="1440", help="reading sides to measure; 0 = RapidOCR's defaults at full size")
     ap.add_argument("--workers", default="1,2")
     ap.add_argument("--jobs", type=int, default=24, help="photos per worker-throughput run")
     ap.add_argument("--lines", action="store_true", help="print every miss with the OCR's lines")
