@@ -22,7 +22,6 @@ the bytes alone need at that profile's upload speed (plus the drop).
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import tempfile
 import threading
@@ -32,10 +31,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from werkzeug.serving import make_server  # noqa: E402
 
 from collector import create_app  # noqa: E402
-from tests.chromium import ARGS, CHROMIUM  # noqa: E402
+from tests import chromium  # noqa: E402
 from tests.phone_photos import phone_photo  # noqa: E402
 
 PROFILES = {
@@ -85,38 +83,21 @@ def make_photos(folder: Path, count: int, size: str) -> list[Path]:
     return out
 
 
-def run_profile(name: str, files: list[Path], chromium: str, data: Path) -> dict:
-    from playwright.sync_api import sync_playwright
-
+def run_profile(name: str, files: list[Path], executable: str, data: Path) -> dict:
     app = create_app({"DATA_DIR": str(data), "SECRET_KEY": "bench", "QUOTA": 25, "MAX_PHOTOS": 1000})
     app.extensions["collector"].db.migrate()  # a new database: create_app never migrates
     counting = Counting(app.wsgi_app)
     app.wsgi_app = counting
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_port}"
     total = sum(f.stat().st_size for f in files)
     n = len(files)
     try:
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=chromium, args=ARGS)
+        with chromium.serve(app) as base, chromium.launch(executable) as browser:
             context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
             page = context.new_page()
             page.on("dialog", lambda d: d.accept())
             cdp = context.new_cdp_session(page)
             cdp.send("Network.enable")
-            page.goto(base + "/register")
-            page.fill("#name", "Bench")
-            page.fill("#email", "bench@example.com")
-            page.fill("#password", "a long enough password")
-            page.check("#consent")
-            page.click("button[type=submit]")
-            page.wait_for_url(re.compile(r"/login$"))  # registered: now log in
-            page.fill("#email", "bench@example.com")
-            page.fill("#password", "a long enough password")
-            page.click("main button[type=submit]")
-            page.wait_for_url(re.compile(r"/upload$"))
-            page.wait_for_selector("body[data-queue-ready]", state="attached")
+            chromium.register(page, base, "Bench", "bench@example.com")
             cdp.send("Network.emulateNetworkConditions", PROFILES[name])
             counting.bytes = 0
             started = time.monotonic()
@@ -141,9 +122,7 @@ def run_profile(name: str, files: list[Path], chromium: str, data: Path) -> dict
             again_elapsed = time.monotonic() - again_started
             again = counting.bytes
             context.close()
-            browser.close()
     finally:
-        server.shutdown()
         app.extensions["collector"].db.dispose()
     ideal = total / PROFILES[name]["uploadThroughput"] + (DROP_SECONDS if name == "3g-drop" else 0)
     return {"profile": name, "photos": n, "accepted": accepted, "mb": total / 1e6, "seconds": elapsed,
@@ -159,8 +138,8 @@ def main() -> None:
     args = p.parse_args()
     if args.full:
         args.photos, args.size = 25, "phone"
-    chromium = CHROMIUM
-    if not chromium:
+    executable = chromium.CHROMIUM
+    if not executable:
         sys.exit("needs Debian's chromium (apt-get install chromium)")
     with tempfile.TemporaryDirectory(prefix="upload-network-", ignore_cleanup_errors=True) as tmp:
         tmp = Path(tmp)
@@ -173,7 +152,7 @@ def main() -> None:
         print(f"{'profile':<9} {'photos':>6} {'ok':>3} {'MB':>6} {'time s':>7} {'bytes s':>8} {'time/bytes':>10} "
               f"{'sent/size':>9} {'again B':>8} {'again s':>7}")
         for name in args.profiles.split(","):
-            r = run_profile(name, files, chromium, tmp / f"data-{name}")
+            r = run_profile(name, files, executable, tmp / f"data-{name}")
             print(f"{r['profile']:<9} {r['photos']:>6} {r['accepted']:>3} {r['mb']:>6.1f} {r['seconds']:>7.1f} "
                   f"{r['ideal']:>8.1f} {r['seconds'] / r['ideal']:>9.2f}x {r['ratio']:>8.4f}x {r['again']:>8} "
                   f"{r['again_seconds']:>7.1f}", flush=True)

@@ -9,33 +9,25 @@ batch under way: accepted photos, one refused, one uploading, some waiting.
 from __future__ import annotations
 
 import io
-import re
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from werkzeug.serving import make_server  # noqa: E402
 
 from collector import create_app  # noqa: E402
-from tests.chromium import ARGS, CHROMIUM  # noqa: E402
+from tests import chromium  # noqa: E402
 from tests.phone_photos import phone_photo  # noqa: E402
 
 SIZES = {"phone": {"width": 390, "height": 844}, "desktop": {"width": 1100, "height": 760}}
 
 
-def shoot(kind: str, folder: Path, chromium: str) -> None:
-    from playwright.sync_api import sync_playwright
-
+def shoot(kind: str, folder: Path, executable: str) -> None:
     app = create_app({"DATA_DIR": str(folder / f"data-{kind}"), "SECRET_KEY": "shots"})
     app.extensions["collector"].db.migrate()  # a new database: create_app never migrates
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_port}"
     files = []
     for i, seed in enumerate([7, 8, 9, 10, 11, 12, 13, 14]):
         path = folder / f"IMG_20261126_1{i}42.jpg"
@@ -45,23 +37,11 @@ def shoot(kind: str, folder: Path, chromium: str) -> None:
     small.write_bytes(phone_photo(99, size=(400, 300)))
     files.insert(3, small)
     try:
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=chromium, args=ARGS)
+        with chromium.serve(app) as base, chromium.launch(executable) as browser:
             context = browser.new_context(viewport=SIZES[kind], is_mobile=kind == "phone", has_touch=kind == "phone",
                                           device_scale_factor=1)
             page = context.new_page()
-            page.goto(base + "/register")
-            page.fill("#name", "Asha")
-            page.fill("#email", "asha@example.com")
-            page.fill("#password", "a long enough password")
-            page.check("#consent")
-            page.click("button[type=submit]")
-            page.wait_for_url(re.compile(r"/login$"))  # registered: now log in
-            page.fill("#email", "asha@example.com")
-            page.fill("#password", "a long enough password")
-            page.click("main button[type=submit]")
-            page.wait_for_url(re.compile(r"/upload$"))
-            page.wait_for_selector("body[data-queue-ready]", state="attached")
+            chromium.register(page, base)
             for seed in (40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51):  # earlier photos toward the fee
                 svc = app.extensions["collector"]
                 svc.intake.submit(1, io.BytesIO(phone_photo(seed, size=(800, 600))), f"earlier-{seed}.jpg")
@@ -83,19 +63,17 @@ def shoot(kind: str, folder: Path, chromium: str) -> None:
             else:
                 page.screenshot(path=out, full_page=True)
             context.close()
-            browser.close()
     finally:
-        server.shutdown()
         app.extensions["collector"].db.dispose()
 
 
 def main() -> None:
-    chromium = CHROMIUM
-    if not chromium:
+    executable = chromium.CHROMIUM
+    if not executable:
         sys.exit("needs Debian's chromium (apt-get install chromium)")
     with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp:
         for kind in SIZES:
-            shoot(kind, Path(tmp), chromium)
+            shoot(kind, Path(tmp), executable)
             print(f"docs/upload-{kind}.png")
 
 

@@ -5,6 +5,7 @@ and a real server on loopback to point it at."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import threading
 from collections.abc import Iterator
@@ -54,3 +55,24 @@ def serve(wsgi_app) -> Iterator[str]:
     finally:
         server.shutdown()
         thread.join(5)
+
+
+PASSWORD = "a long enough password"
+
+
+def register(page, base: str, name: str = "Asha", email: str = "asha@example.com", *, queue: bool = True) -> None:
+    """Register through the page, then log in: ends on the upload page. With ``queue`` it also
+    waits until the page's script has its upload queue ready (leave it off without JavaScript)."""
+    page.goto(base + "/register")
+    page.fill("#name", name)
+    page.fill("#email", email)
+    page.fill("#password", PASSWORD)
+    page.check("#consent")
+    page.click("button[type=submit]")
+    page.wait_for_url(re.compile(r"/login$"))  # the same answer for a new or a known email: then log in
+    page.fill("#email", email)
+    page.fill("#password", PASSWORD)
+    page.click("main button[type=submit]")
+    page.wait_for_url(re.compile(r"/upload$"))
+    if queue:
+        page.wait_for_selector("body[data-queue-ready]", state="attached")

@@ -28,27 +28,13 @@ def page():
         context.close()
 
 
-def register(page, base):
-    page.goto(base + "/register")
-    page.fill("#name", "Asha")
-    page.fill("#email", "asha@example.com")
-    page.fill("#password", "a long enough password")
-    page.check("#consent")
-    page.click("button[type=submit]")
-    page.wait_for_url(re.compile(r"/login$"))  # the same answer for a new or a known email: then log in
-    page.fill("#email", "asha@example.com")
-    page.fill("#password", "a long enough password")
-    page.click("main button[type=submit]")
-    page.wait_for_url(re.compile(r"/upload$"))
-
-
 @pytest.mark.settings(QUOTA=3)
 def test_register_then_upload_many_files_with_per_file_verdicts(svc, live_server, page, tmp_path):
     from playwright.sync_api import expect
 
     violations = []
     page.on("console", lambda msg: violations.append(msg.text) if "Content Security Policy" in msg.text else None)
-    register(page, live_server)
+    chromium.register(page, live_server, queue=False)
     assert page.text_content("#progress-count") == "0"
     bad = tmp_path / "notes.txt"
     bad.write_text("not a photo")
@@ -84,7 +70,7 @@ def test_upload_page_works_without_javascript(svc, live_server, tmp_path):
     with chromium.launch() as browser:
         context = browser.new_context(java_script_enabled=False)
         page = context.new_page()
-        register(page, live_server)
+        chromium.register(page, live_server, queue=False)
         pics = tmp_path / "pictures"
         page.set_input_files("#photo-input", [str(photos.write(pics, "canon")), str(photos.write(pics, "large"))])
         page.click("#upload-submit")

@@ -109,19 +109,7 @@ class Phone:
         self.cdp.send("Network.emulateNetworkConditions", conditions)
 
     def register(self, email="asha@example.com"):
-        p = self.page
-        p.goto(self.base + "/register")
-        p.fill("#name", "Asha")
-        p.fill("#email", email)
-        p.fill("#password", "a long enough password")
-        p.check("#consent")
-        p.click("button[type=submit]")
-        p.wait_for_url(re.compile(r"/login$"))  # registered: now log in
-        p.fill("#email", email)
-        p.fill("#password", "a long enough password")
-        p.click("main button[type=submit]")
-        p.wait_for_url(re.compile(r"/upload$"))
-        p.wait_for_selector("body[data-queue-ready]", state="attached")
+        chromium.register(self.page, self.base, email=email)
 
     def add(self, paths) -> None:
         self.page.set_input_files("#photo-input", [str(x) for x in paths])
