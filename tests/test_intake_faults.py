@@ -262,3 +262,68 @@ def test_a_locked_database_is_a_503_and_keeps_nothing(client, svc, ann):
     r = client.post("/api/v1/photos", **multipart(plate_photo(21, size=(1200, 900))),
                     headers={"Authorization": f"Bearer {token}"})
     assert r.status_code == 201 and len(objects(svc)) == 2  # sent again once the lock is free
+
+
+def test_a_commit_the_database_did_not_confirm_keeps_its_objects_and_a_retry_finds_it(client, svc, ann, monkeypatch):
+    """The locked commit went through, then the database failed before saying it was on disk
+    (PostgreSQL: the flush after the asynchronous commit; the same handling on SQLite): the
+    photo's objects stay with its row, the client hears "send it again", and the retry is
+    "already uploaded", counted once."""
+    from collector.platform.db import CommitUnconfirmed, Database
+    from collector.web import accounts
+    from tests.conftest import multipart
+
+    def fails(self, conn):
+        raise CommitUnconfirmed("server closed the connection unexpectedly")
+
+    token = accounts.create_token(svc.db, ann.id).token
+    data = plate_photo(22, size=(1200, 900))
+    with monkeypatch.context() as m:
+        m.setattr(Database, "_after_locked", fails)
+        r = client.post("/api/v1/photos", **multipart(data), headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 503 and r.json["code"] == "service_unavailable"
+    assert "cannot say whether it was kept" in r.json["message"]
+    sha = hashlib.sha256(data).hexdigest()
+    assert objects(svc) == sorted([photo_key(sha, "jpg"), thumb_key(sha)])  # nothing taken back
+    r = client.post("/api/v1/photos", **multipart(data), headers={"Authorization": f"Bearer {token}"})
+    assert r.json["status"] == "already_uploaded" and r.json["progress"]["accepted"] == 1
+
+
+def test_the_intake_lock_is_released_before_the_commit_reaches_the_disk_and_submit_waits_for_it(svc, submit, ann):
+    """PostgreSQL: the locked transaction commits without waiting for its WAL flush (the lock
+    is held for the work, not for the disk), and a synchronous commit follows on the same
+    connection before submit returns, flushing the WAL through the photo's commit. SQLite:
+    the write transaction skips the WAL checkpoint, which runs after the lock is released."""
+    from sqlalchemy import event
+
+    seen: list[str] = []
+
+    def statement(conn, cursor, sql, *args):
+        seen.append(" ".join(sql.split()))
+
+    def commit(conn):
+        seen.append("COMMIT")
+
+    event.listen(svc.db.engine, "before_cursor_execute", statement)
+    event.listen(svc.db.engine, "commit", commit)
+    try:
+        assert submit(ann, plate_photo(23, size=(1200, 900))).status == "accepted"
+    finally:
+        event.remove(svc.db.engine, "before_cursor_execute", statement)
+        event.remove(svc.db.engine, "commit", commit)
+    insert = next(i for i, s in enumerate(seen) if s.startswith("INSERT INTO photos "))
+    if svc.db.is_sqlite:
+        for fails in (False, True):  # committed, and rolled back: either way checkpoints come back
+            with contextlib.suppress(RuntimeError), svc.db.write_transaction() as tx:
+                raw = tx.connection().connection.driver_connection
+                assert raw.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+                if fails:
+                    raise RuntimeError("the block failed")
+            assert raw.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
+            assert tx.info.get("lock_seconds", 0) > 0 or fails
+        return
+    lock = max(i for i, s in enumerate(seen[:insert]) if "pg_advisory_xact_lock" in s)
+    assert "set_config('synchronous_commit', 'off', true)" in seen[lock + 1]
+    after = seen[insert:]
+    first_commit = after.index("COMMIT")
+    assert after[first_commit + 1:first_commit + 3] == ["SELECT txid_current()", "COMMIT"]

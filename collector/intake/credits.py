@@ -32,8 +32,13 @@ class Progress:
         return {"accepted": self.accepted, "quota": self.quota, "complete": self.complete}
 
 
+# Intake's statements name tables, not mapped classes: the same SQL, without the ORM's
+# per-statement work (about 160 microseconds of CPU each, bench/intake_db.py).
+USERS = User.__table__
+
+
 def progress_of(session: Session, user_id: int, quota: int) -> Progress:
-    accepted = session.scalar(select(User.accepted_count).where(User.id == user_id)) or 0
+    accepted = session.scalar(select(USERS.c.accepted_count).where(USERS.c.id == user_id)) or 0
     return Progress(accepted, quota)
 
 
@@ -46,11 +51,11 @@ def adjust(session: Session, user_id: int, delta: int, photo_created_at: dt.date
     the photo's acceptance hour, whenever the change happens. ``new_upload`` (intake) also
     records when the contributor last added a photo.
     """
-    values: dict = {"accepted_count": User.accepted_count + delta}
+    values: dict = {"accepted_count": USERS.c.accepted_count + delta}
     if new_upload:
         values["last_upload_at"] = photo_created_at
     count = session.execute(
-        update(User).where(User.id == user_id).values(**values).returning(User.accepted_count)
+        update(USERS).where(USERS.c.id == user_id).values(**values).returning(USERS.c.accepted_count)
     ).scalar_one()
     reports.bump_hour(session, photo_created_at, delta)
     return count

@@ -94,9 +94,10 @@ def add_bands(session: Session, photo_id: int, user_id: int, pdq_hex: str) -> No
     """Index a new photo's hash (in the caller's transaction, which must hold the intake write
     lock: ``NearIndex`` relies on photo ids becoming visible in increasing order).
 
-    Two Core inserts (one executemany for the 16 band rows) rather than 17 ORM objects."""
-    session.execute(insert(PhotoHash), [{"photo_id": photo_id, "user_id": user_id, "pdq": pdq_hex}])
-    session.execute(insert(HashBand), [{"key": k, "photo_id": photo_id} for k in band_keys(pdq_hex)])
+    Two Core inserts on the tables (one executemany for the 16 band rows) rather than 17 ORM
+    objects or the ORM's bulk insert."""
+    session.execute(insert(PhotoHash.__table__), [{"photo_id": photo_id, "user_id": user_id, "pdq": pdq_hex}])
+    session.execute(insert(HashBand.__table__), [{"key": k, "photo_id": photo_id} for k in band_keys(pdq_hex)])
 
 
 # -- the lookup in the database -------------------------------------------------------------

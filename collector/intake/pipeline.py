@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -41,8 +41,8 @@ from collector.intake.checks import Rejection, reject
 from collector.intake.credits import Progress, progress_of
 from collector.intake.inspection import BYTES_ONLY_CODES, Inspection, inspect
 from collector.platform.config import Settings
-from collector.platform.db import Database
-from collector.platform.models import Photo, UploadRejection, User, utcnow
+from collector.platform.db import CommitUnconfirmed, Database
+from collector.platform.models import Photo, UploadRejection, utcnow
 from collector.platform.storage import Storage, StorageUnavailable, photo_key, thumb_key
 
 CHUNK = 1 << 20
@@ -235,6 +235,8 @@ class Intake:
         except StorageUnavailable:
             self._discard(stored)
             return self._rejected(user_id, reject("storage_unavailable"), up.sha256, described)
+        except CommitUnconfirmed:
+            raise  # the row may be in: its objects stay (the client is told to try again)
         except IntegrityError:
             # Only reachable if a writer bypassed the lock: the unique constraint still decides,
             # and a row now holds these bytes, so their objects stay.
@@ -305,24 +307,17 @@ class Intake:
                 raise Refused(decision)
             self._ensure_stored(stored, up, ins)
             near = decision.near
-            now = utcnow()
-            photo = Photo(
+            photo_id, accepted = record_photo(tx, dict(
                 user_id=user_id, sha256=up.sha256, storage_key=stored.key, thumb_key=stored.thumb_key,
                 format=ins.format, size_bytes=up.size, width=ins.width, height=ins.height,
                 orientation=meta.orientation, captured_at=meta.captured_at, camera_make=meta.camera_make,
                 camera_model=meta.camera_model, gps_lat=meta.gps_lat, gps_lon=meta.gps_lon,
                 pdq=fp.pdq, pdq_quality=fp.pdq_quality, sharpness=fp.sharpness, brightness=fp.brightness,
                 contrast=fp.contrast, nearest_distance=near.distance if near else None,
-                original_filename=filename, created_at=now,
-            )
-            if meta.captured_at is not None:
-                photo.burst = mark_burst(tx, user_id, meta.captured_at)
-            tx.add(photo)
-            tx.flush()
-            dedup.add_bands(tx, photo.id, user_id, fp.pdq)
-            accepted = credits.adjust(tx, user_id, +1, now, new_upload=True)
+                original_filename=filename, created_at=utcnow(),
+            ))
         return Verdict("accepted", None, "Accepted: thank you!", Progress(accepted, self.settings["QUOTA"]),
-                       photo.id, up.sha256, described)
+                       photo_id, up.sha256, described)
 
     def _ensure_stored(self, stored: Stored, up: Spooled, ins: Inspection) -> None:
         """Objects this attempt found already there belong to a racing upload of the same bytes,
@@ -362,23 +357,28 @@ class Intake:
         self._swept = True
         sweep_spool(self.spool_dir)
 
+# The statements of every upload name tables, not mapped classes (see credits.USERS).
+PHOTOS = Photo.__table__
+
+
 def _facts_statement():
     """What the database says of some bytes and a contributor, in one round trip: the photo
     holding the bytes (id, owner, status), a refusal of the bytes alone, the credit count.
     Built once: building it cost more CPU than running it (bench/intake_db.py)."""
     sha, uid = bindparam("sha"), bindparam("uid")
+    photos, refusals, users = PHOTOS.c, UploadRejection.__table__.c, credits.USERS.c
 
     def photo(col):
-        return select(col).where(Photo.sha256 == sha).scalar_subquery()
+        return select(col).where(photos.sha256 == sha).scalar_subquery()
 
     def refusal(col):
-        return (select(col).where(UploadRejection.sha256 == sha, UploadRejection.code.in_(BYTES_ONLY_CODES))
+        return (select(col).where(refusals.sha256 == sha, refusals.code.in_(BYTES_ONLY_CODES))
                 .limit(1).scalar_subquery())
 
     return select(
-        photo(Photo.id).label("photo_id"), photo(Photo.user_id).label("owner_id"), photo(Photo.status).label("status"),
-        refusal(UploadRejection.code).label("refused_code"), refusal(UploadRejection.message).label("refused_message"),
-        select(User.accepted_count).where(User.id == uid).scalar_subquery().label("accepted"),
+        photo(photos.id).label("photo_id"), photo(photos.user_id).label("owner_id"), photo(photos.status).label("status"),
+        refusal(refusals.code).label("refused_code"), refusal(refusals.message).label("refused_message"),
+        select(users.accepted_count).where(users.id == uid).scalar_subquery().label("accepted"),
     )
 
 
@@ -389,6 +389,18 @@ def _facts(session: Session, user_id: int, sha256: str):
     return session.execute(_FACTS, {"sha": sha256, "uid": user_id}).one()
 
 
+def record_photo(tx: Session, row: dict) -> tuple[int, int]:
+    """The writes of an accepted upload, under the lock after ``decide``: the photo row (its
+    burst neighbours flagged), its hash and band rows, the credit. Statements on the tables,
+    a handful of round trips. Returns (photo id, the contributor's new count);
+    bench/dedup_lookup.py times this at a million photos."""
+    user_id, captured = row["user_id"], row.get("captured_at")
+    row = {**row, "burst": captured is not None and mark_burst(tx, user_id, captured)}
+    photo_id = tx.execute(insert(PHOTOS).values(row).returning(PHOTOS.c.id)).scalar_one()
+    dedup.add_bands(tx, photo_id, user_id, row["pdq"])
+    return photo_id, credits.adjust(tx, user_id, +1, row["created_at"], new_upload=True)
+
+
 BURST_SECONDS = 2
 
 
@@ -396,7 +408,7 @@ def mark_burst(session, user_id: int, captured_at: dt.datetime) -> bool:
     """Flag the contributor's photos taken within BURST_SECONDS of this one; True if any."""
     window = dt.timedelta(seconds=BURST_SECONDS)
     return bool(session.execute(
-        update(Photo).where(Photo.user_id == user_id, Photo.captured_at.between(captured_at - window, captured_at + window))
+        update(PHOTOS).where(PHOTOS.c.user_id == user_id, PHOTOS.c.captured_at.between(captured_at - window, captured_at + window))
         .values(burst=True)
     ).rowcount)
 

@@ -8,11 +8,13 @@ transaction-level advisory lock. Either way the lock is released at commit or ro
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import functools
 import os
 import shlex
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +25,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -30,6 +33,7 @@ INTAKE_LOCK = 0x504C4154  # advisory lock id for "near-duplicate check + insert"
 MIGRATE_LOCK = 0x504C4D47
 BUSY_TIMEOUT = 5  # seconds SQLite waits for a lock
 LOCK_WAIT = 5  # seconds a writer waits for the intake lock on PostgreSQL before giving up
+WAL_CHECKPOINT_BYTES = 1000 * 4096  # SQLite's wal_autocheckpoint default: 1000 pages of 4 KiB
 
 
 def server_threads(argv: list[str] | None = None, environ=None) -> int:
@@ -104,29 +108,72 @@ class Database:
         SQLite takes its (single) write lock at BEGIN. On PostgreSQL, ``lock`` also takes the
         intake advisory lock, which serialises "look for duplicates, then insert" across workers.
         The request session's read transaction ends first (``release``).
+
+        With ``lock``, the commit does not wait for the disk while the lock is held, and the
+        block returns only once the commit is durable (``_begin`` and ``_after_locked``); the
+        session's ``info["lock_seconds"]`` then says how long the lock was held.
         """
         self.release()
         with self.engine.connect() as conn:
-            if self.is_sqlite:
-                conn.info["begin"] = "BEGIN IMMEDIATE"
-                conn.begin()
-            else:
-                conn.begin()
-                if lock:
-                    # A writer stuck holding the lock must not queue every upload behind it for
-                    # ever: after LOCK_WAIT seconds this fails (503) like a locked SQLite file.
-                    conn.execute(text(f"SET LOCAL lock_timeout = '{LOCK_WAIT}s'"))
-                    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": INTAKE_LOCK})
-                    conn.execute(text("SET LOCAL lock_timeout = 0"))
             with Session(bind=conn, expire_on_commit=False) as session:
                 try:
+                    locked_at = self._begin(conn, lock)
                     yield session
                     session.commit()
                     conn.commit()
                 except BaseException:
                     session.rollback()
                     conn.rollback()
+                    if lock and self.is_sqlite:
+                        with contextlib.suppress(Exception):  # a broken connection is discarded anyway
+                            _pragma(conn, "wal_autocheckpoint=1000")
                     raise
+                if locked_at is not None:
+                    session.info["lock_seconds"] = time.perf_counter() - locked_at
+                    self._after_locked(conn)
+
+    def _begin(self, conn, lock: bool) -> float | None:
+        """BEGIN (and the lock): the moment the lock was taken, or None without it."""
+        if self.is_sqlite:
+            if lock:
+                # The WAL checkpoint that SQLite runs after some commits happens after it has
+                # released the write lock, but inside the commit call: this one runs it after.
+                _pragma(conn, "wal_autocheckpoint=0")
+            conn.info["begin"] = "BEGIN IMMEDIATE"
+            conn.begin()
+            return time.perf_counter() if lock else None
+        conn.begin()
+        if not lock:
+            return None
+        # A writer stuck holding the lock must not queue every upload behind it for ever:
+        # after LOCK_WAIT seconds this fails (503) like a locked SQLite file.
+        conn.execute(text("SELECT set_config('lock_timeout', :wait, true)"), {"wait": f"{LOCK_WAIT}s"})
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": INTAKE_LOCK})
+        locked_at = time.perf_counter()
+        # The commit releases the lock without waiting for its WAL to reach the disk (the
+        # flush takes milliseconds here, longer than everything else under the lock);
+        # _after_locked waits for it before anyone is told the photo is in.
+        conn.execute(text("SELECT set_config('lock_timeout', '0', true), set_config('synchronous_commit', 'off', true)"))
+        return locked_at
+
+    def _after_locked(self, conn) -> None:
+        """Once the lock is released. PostgreSQL: make the commit durable. A transaction that
+        takes an id commits synchronously, and flushing its commit record flushes the WAL
+        before it, the earlier commit's included (as any later synchronous commit by another
+        writer would: a decision made after seeing the row is never durable without it).
+        SQLite: the checkpoint its commit skipped, when the WAL has grown past SQLite's own
+        threshold (1000 pages)."""
+        if self.is_sqlite:
+            _pragma(conn, "wal_autocheckpoint=1000")
+            wal = Path(f"{self.url.database}-wal")
+            if self.url.database and wal.exists() and wal.stat().st_size > WAL_CHECKPOINT_BYTES:
+                _pragma(conn, "wal_checkpoint(PASSIVE)")
+            return
+        try:
+            with conn.begin():
+                conn.execute(text("SELECT txid_current()"))
+        except DBAPIError as exc:
+            raise CommitUnconfirmed(str(exc.orig or exc)) from exc
 
     def migrate(self) -> None:
         """Bring the schema to the newest revision; several processes may call this at once.
@@ -218,3 +265,14 @@ def _sqlite_transactions(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _begin(conn):
         conn.exec_driver_sql(conn.info.pop("begin", "BEGIN"))
+
+
+class CommitUnconfirmed(Exception):
+    """The locked transaction committed, but the database failed before saying it was on
+    disk: its rows may or may not survive a crash, so nothing it wrote may be taken back, and
+    the client is told to try again (a retry finds the photo, or uploads it anew)."""
+
+
+def _pragma(conn, pragma: str) -> None:
+    """A PRAGMA on the driver's connection, outside any transaction SQLAlchemy would begin."""
+    conn.connection.driver_connection.execute(f"PRAGMA {pragma}")

@@ -11,6 +11,7 @@ from werkzeug.exceptions import HTTPException, InternalServerError
 
 from collector.intake.checks import reject
 from collector.intake.credits import progress_of
+from collector.platform.db import CommitUnconfirmed
 from collector.platform.services import login_manager, services
 from collector.web.api import api_error, request_user
 from collector.web.limits import RateLimited
@@ -20,6 +21,8 @@ DB_LOCKED = (5, "The database is busy with other uploads right now. What you jus
                 "it is sent again by itself, or try again in a few seconds.")
 DB_DOWN = (30, "The database cannot be reached right now. What you just sent was not recorded; "
                "try again in half a minute.")
+DB_UNCONFIRMED = (5, "The database stopped answering just as it saved your photo, so we cannot say whether it "
+                     "was kept. Send it again: if it was, it shows as already uploaded, and it never counts twice.")
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +51,7 @@ def _answer(status: int, code: str, title: str, message: str, headers: dict | No
 def init_app(app: Flask) -> None:
     app.register_error_handler(CSRFError, csrf_error)
     app.register_error_handler(RateLimited, rate_limited)
-    for database_fault in (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError):
+    for database_fault in (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, CommitUnconfirmed):
         app.register_error_handler(database_fault, database_unavailable)
     app.register_error_handler(413, too_large)
     app.register_error_handler(HTTPException, http_error)
@@ -72,7 +75,7 @@ def database_unavailable(exc: Exception):
     _rollback()
     text = str(exc).lower()  # SQLite: "database is locked"; PostgreSQL: "... due to lock timeout"
     locked = any(word in text for word in ("locked", "lock timeout", "busy"))
-    retry_after, message = DB_LOCKED if locked else DB_DOWN
+    retry_after, message = DB_UNCONFIRMED if isinstance(exc, CommitUnconfirmed) else DB_LOCKED if locked else DB_DOWN
     log.warning("database unavailable on %s %s: %s", request.method, request.path, str(exc).splitlines()[0][:200])
     g._login_user = login_manager.anonymous_user()  # the page must not ask the database who you are
     return _answer(503, "service_unavailable", "Try again shortly", message, {"Retry-After": str(retry_after)},
