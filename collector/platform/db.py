@@ -147,14 +147,15 @@ class Database:
             return None
         # A writer stuck holding the lock must not queue every upload behind it for ever:
         # after LOCK_WAIT seconds this fails (503) like a locked SQLite file.
+        # The same bound then applies to any row lock the locked transaction waits for (a
+        # review changing the same contributor's count), so the lock is never held for longer.
         conn.execute(text("SELECT set_config('lock_timeout', :wait, true)"), {"wait": f"{LOCK_WAIT}s"})
-        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": INTAKE_LOCK})
-        locked_at = time.perf_counter()
         # The commit releases the lock without waiting for its WAL to reach the disk (the
         # flush takes milliseconds here, longer than everything else under the lock);
-        # _after_locked waits for it before anyone is told the photo is in.
-        conn.execute(text("SELECT set_config('lock_timeout', '0', true), set_config('synchronous_commit', 'off', true)"))
-        return locked_at
+        # _after_locked waits for it before anyone is told the photo is in. One round trip:
+        # synchronous_commit only matters at the commit.
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k), set_config('synchronous_commit', 'off', true)"), {"k": INTAKE_LOCK})
+        return time.perf_counter()
 
     def _after_locked(self, conn) -> None:
         """Once the lock is released. PostgreSQL: make the commit durable. A transaction that
