@@ -26,6 +26,7 @@ import argparse
 import io
 import os
 import random
+import re
 import statistics
 import subprocess
 import sys
@@ -269,6 +270,11 @@ def main() -> None:
         print(f"throughput {accepted_n / elapsed / (2 * base_rate):.2f} of 2x the in-process rate (accepted photos/s; goal >= 0.7)")
         print(f"latency    p50 {p50 * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms with {len(plans)} clients queueing")
         print(f"errors     {len(errors)} (5xx, non-JSON or failed connections)")
+        # Every genuine photo (named i-j.jpg; a retry of one is "already uploaded") must be in.
+        wrong = [(name, body) for _, name, (_, body, _) in results if re.fullmatch(r"\d+-\d+\.jpg", name)
+                 and (body or {}).get("status") not in ("accepted", "already_uploaded")]
+        print(f"wrong      {len(wrong)} genuine photos refused" + "".join(
+            f"\n             {n}: {(b or {}).get('code')}: {(b or {}).get('message', b)}" for n, b in wrong[:20]))
         print(f"verdicts   {dict(sorted(by_status.items()))}; extras sent {extras}")
         print(f"memory     peak RSS per worker: {', '.join(f'{own:.0f} MB' for own, _ in mem)}; with its decoder processes"
               f" {', '.join(f'{both:.0f} MB' for _, both in mem)} (goal <= 300 MB)")
@@ -293,7 +299,7 @@ def main() -> None:
         print(f"check      {total} photo rows; credits match answers: {ok_credits}; rows match accepted answers: {ok_rows}; "
               f"every row's objects stored: {ok_objects}; objects without a row: {len(keys) - 2 * total}")
         svc.db.dispose()
-        if errors or not (ok_credits and ok_rows and ok_objects):
+        if errors or wrong or not (ok_credits and ok_rows and ok_objects):
             sys.exit(1)
     finally:
         for proc in reversed(procs):

@@ -316,3 +316,24 @@ def test_storage_failure_is_a_retry_later_and_keeps_nothing(svc, settings, submi
     v = submit(ann, US7)
     assert v.code == "storage_unavailable" and "try again" in v.message
     assert stored_count(svc) == 0 and v.progress.accepted == 0
+
+
+def test_an_accepted_photo_writes_its_row_hash_bands_credit_and_hour(svc, submit, ann):
+    """``record_photo``'s writes, whichever way the database takes them (separate statements
+    on SQLite, one statement of CTEs on PostgreSQL): the photo with its defaults and burst
+    flag, its hash and 16 band rows, the credit with the time of the last upload, the hour."""
+    from collector.organisers import reports
+    from collector.platform.models import PhotoHash
+
+    v = submit(ann, photos.jpeg(41))
+    assert v.accepted and v.progress.accepted == 1
+    with svc.db.Session() as s:
+        photo = s.get(Photo, v.photo_id)
+        assert (photo.status, photo.burst, photo.user_id, photo.sha256) == ("accepted", False, ann.id, v.sha256)
+        assert s.get(PhotoHash, v.photo_id).pdq == photo.pdq
+        keys = s.scalars(select(HashBand.key).where(HashBand.photo_id == v.photo_id)).all()
+        assert sorted(keys) == sorted(dedup.band_keys(photo.pdq))
+        user = s.get(User, ann.id)
+        assert user.accepted_count == 1 and user.last_upload_at == photo.created_at
+        series, before = reports.accepted_per_hour(s)
+        assert dict(series)[reports.hour_of(photo.created_at)] == 1 and before == 0

@@ -51,14 +51,19 @@ def adjust(session: Session, user_id: int, delta: int, photo_created_at: dt.date
     the photo's acceptance hour, whenever the change happens. ``new_upload`` (intake) also
     records when the contributor last added a photo.
     """
+    count = session.execute(adjust_statement(user_id, delta, photo_created_at, new_upload)).scalar_one()
+    reports.bump_hour(session, photo_created_at, delta)
+    return count
+
+
+def adjust_statement(user_id, delta: int, photo_created_at, new_upload: bool):
+    """``adjust``'s update of the count (returning it); the hour is ``reports.bump_hour``'s.
+    Intake's one-statement write on PostgreSQL sends both inside it, with bound parameters
+    for ``user_id`` and ``photo_created_at``."""
     values: dict = {"accepted_count": USERS.c.accepted_count + delta}
     if new_upload:
         values["last_upload_at"] = photo_created_at
-    count = session.execute(
-        update(USERS).where(USERS.c.id == user_id).values(**values).returning(USERS.c.accepted_count)
-    ).scalar_one()
-    reports.bump_hour(session, photo_created_at, delta)
-    return count
+    return update(USERS).where(USERS.c.id == user_id).values(**values).returning(USERS.c.accepted_count)
 
 
 # -- the meetup pass ------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import weakref
 from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import insert, text
+from sqlalchemy import ARRAY, Integer, bindparam, func, insert, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -98,6 +98,20 @@ def add_bands(session: Session, photo_id: int, user_id: int, pdq_hex: str) -> No
     objects or the ORM's bulk insert."""
     session.execute(insert(PhotoHash.__table__), [{"photo_id": photo_id, "user_id": user_id, "pdq": pdq_hex}])
     session.execute(insert(HashBand.__table__), [{"key": k, "photo_id": photo_id} for k in band_keys(pdq_hex)])
+
+
+def add_bands_ctes(photo_id, user_id, pdq) -> list:
+    """``add_bands`` as two data-modifying CTEs (PostgreSQL) for a statement whose other
+    CTE inserts the photo: ``photo_id`` is that CTE's id column, ``user_id`` and ``pdq``
+    bound parameters, and the statement's ``band_keys`` parameter ``band_keys(pdq)``."""
+    hashes, bands = PhotoHash.__table__, HashBand.__table__
+    keys = bindparam("band_keys", type_=ARRAY(Integer))
+    return [
+        insert(hashes).from_select(["photo_id", "user_id", "pdq"], select(photo_id, user_id, pdq))
+        .returning(hashes.c.photo_id).cte("new_hash"),
+        insert(bands).from_select(["key", "photo_id"], select(func.unnest(keys), photo_id))
+        .returning(bands.c.photo_id).cte("new_bands"),
+    ]
 
 
 # -- the lookup in the database -------------------------------------------------------------

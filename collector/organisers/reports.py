@@ -148,14 +148,19 @@ def hour_of(when: dt.datetime) -> dt.datetime:
 
 def bump_hour(session, when: dt.datetime, delta: int) -> None:
     """Add ``delta`` to the credited photos of ``when``'s hour, in the caller's transaction."""
-    hour = hour_of(when)
+    session.execute(bump_hour_statement(session.get_bind().dialect.name, hour_of(when), delta))
+
+
+def bump_hour_statement(dialect: str, hour, delta: int):
+    """``bump_hour``'s upsert of ``hour`` (``hour_of``'s value, or a bound parameter for a
+    caller that sends it inside a larger statement)."""
     table = AcceptedHour.__table__
-    if session.get_bind().dialect.name == "postgresql":
+    if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert
     stmt = insert(table).values(hour=hour, accepted=delta)
-    session.execute(stmt.on_conflict_do_update(index_elements=[table.c.hour], set_={"accepted": table.c.accepted + delta}))
+    return stmt.on_conflict_do_update(index_elements=[table.c.hour], set_={"accepted": table.c.accepted + delta})
 
 
 def accepted_per_hour(session, hours: int = 48, now: dt.datetime | None = None) -> tuple[list[tuple[dt.datetime, int]], int]:
