@@ -178,7 +178,7 @@ def main() -> None:
             [str(Path(sys.executable).parent / "gunicorn"), "--workers", str(args.workers), "--worker-class", "gthread",
              "--threads", str(args.threads), "--bind", f"127.0.0.1:{web_port}", "--timeout", "300", "--backlog", "2048",
              "app:create_app()"],
-            cwd=ROOT, env=env, stdout=open(Path(tmp.name) / "gunicorn.log", "wb"), stderr=subprocess.STDOUT)
+            cwd=ROOT, env=env, stdout=open(CACHE.parent / "load-gunicorn.log", "wb"), stderr=subprocess.STDOUT)
         procs.append(gunicorn)
         wait_for_port(web_port, gunicorn, 60)
         base = f"http://127.0.0.1:{web_port}"

@@ -212,7 +212,7 @@ def test_the_cpu_allowance_follows_the_image_size(tmp_path):
     assert exc.code == "too_complex"
     spent = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime) - earlier
     assert decoding.cpu_allowance("JPEG", 4032 * 3024, True, imaging.DECODE_CPU_SECONDS) < 1.3
-    # the allowance, RLIMIT_CPU's whole-second rounding and the start of a process on a busy machine;
+    # the allowance (with the pre-check's), the timer's tick and the start of a process on a busy machine;
     # far below the cap a file of unknown size would get
     assert 1.0 < spent < 4.0 < imaging.DECODE_CPU_SECONDS
 

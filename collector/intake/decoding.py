@@ -12,7 +12,7 @@ HEIC whose tiles are missing. Three layers keep each decode bounded and its verd
    budget and their measured bytes per pixel; baseline JPEGs decode at 1/8 scale, so only
    MAX_PIXELS applies to them.
 3. The decode runs in a long-lived decoder process (``DecoderPool``) with RLIMIT_DATA (memory)
-   and RLIMIT_CPU (a CPU-time allowance renewed for every file) set; a process that overruns is
+   and a CPU-time allowance for every file (ITIMER_PROF); a process that overruns is
    killed and replaced, and the file is `too_complex`. The pool's size bounds how many
    full-size decodes a web worker has in flight, whatever its thread count.
 
@@ -26,7 +26,6 @@ import atexit
 import io
 import json
 import logging
-import math
 import os
 import resource
 import select
@@ -573,13 +572,16 @@ def _serve() -> None:
         if len(head) < _LEN.size:
             return  # the parent went away
         req = json.loads(rin.read(_LEN.unpack(head)[0]))
-        # A fresh CPU allowance for this file: SIGXCPU ends the process once it is spent.
+        # A fresh CPU allowance for this file: SIGPROF ends the process once it is spent.
         most = float(req["cpu_seconds"])
 
         def allow(seconds: float) -> None:
-            # SIGXCPU ends the process once its CPU time passes the soft limit (whole seconds).
-            used = resource.getrusage(resource.RUSAGE_SELF)
-            resource.setrlimit(resource.RLIMIT_CPU, (math.ceil(used.ru_utime + used.ru_stime + seconds), resource.RLIM_INFINITY))
+            # ITIMER_PROF counts this process's CPU (user + system, all threads) from now, and
+            # SIGPROF's default action ends the process. Not RLIMIT_CPU against the process's
+            # total: the kernel checks that against its tick-sampled CPU time, which drifted
+            # from what getrusage reports by more than a file's allowance over a decoder's
+            # hundreds of files, and honest photos were refused under load (bench/load.py).
+            signal.setitimer(signal.ITIMER_PROF, seconds)
 
         allow(min(most, 1.0))  # the pre-check and the header, whatever the file
 
@@ -599,7 +601,10 @@ def _serve() -> None:
             reply = {"ok": True, "width": res.width, "height": res.height, "size": list(res.small.size),
                      "pixels_len": len(pixels), "exif_len": len(exif)}
             tail = pixels + exif
+        signal.setitimer(signal.ITIMER_PROF, 0)  # done: the allowance stops here
         reply["cpu"] = time.process_time() - t0
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        reply["used"] = usage.ru_utime + usage.ru_stime
         reply["maxrss_kb"] = peak_rss_kb()
         body = json.dumps(reply).encode()
         wout.write(_LEN.pack(len(body)) + body + tail)
@@ -652,6 +657,7 @@ class _Decoder:
         )
         self.tasks = 0
         self.maxrss_kb = 0
+        self.cpu_total = 0.0  # the process's CPU seconds after its last reply
 
     def request(self, req: dict, wall_seconds: float) -> tuple[dict, bytes]:
         body = json.dumps(req).encode()
@@ -672,6 +678,7 @@ class _Decoder:
         tail = self._read(tail_len, deadline) if tail_len else b""
         self.tasks += 1
         self.maxrss_kb = int(reply.get("maxrss_kb", 0))
+        self.cpu_total = float(reply.get("used", 0.0))
         return reply, tail
 
     def _read(self, n: int, deadline: float) -> bytes:
@@ -695,7 +702,9 @@ class _Decoder:
             rc = self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             return "the decoder closed its pipe"
-        if rc == -signal.SIGXCPU:
+        if rc == -signal.SIGPROF:
+            log.info("decoder process %s spent a file's CPU allowance after %d files (%.2f s of CPU before it)",
+                     self.proc.pid, self.tasks, self.cpu_total)
             return "cpu"
         if rc == -signal.SIGKILL:
             return "killed"  # not by us: the kernel's OOM killer, or an operator
