@@ -1,23 +1,24 @@
 """Near-duplicate lookup among N stored photos (default 1,000,000) on SQLite and PostgreSQL:
-the in-process index (``dedup.NearIndex``) next to the SQL band index, in the same run.
+the in-process index (``dedup.NearIndex``) next to comparing every stored hash, in the same run.
 
-    python bench/dedup_lookup.py [--rows N] [--queries Q] [--data random,clustered]
+    python bench/dedup_lookup.py [--rows N] [--queries Q] [--scans S] [--data random,clustered]
                                  [--postgres URL | --no-postgres] [--no-sqlite] [--json]
 
-For each database and each kind of data, seeds N photo rows, their hashes and 16 N band rows
-into a fresh database (a SQLite file; a PostgreSQL database of its own, dropped afterwards)
-with bulk inserts / COPY, then times, on the same queries:
+For each database and each kind of data, seeds N photo rows and their hashes into a fresh
+database (a SQLite file; a PostgreSQL database of its own, dropped afterwards) with bulk
+inserts / COPY, loads the index the way a fresh process does, then times, on the same queries:
 
-- ``sql``: the lookup in the database (8 dihedral variants: 128 exact band keys, then 272
-  one-bit neighbours of the picture's hash, then the full distance of every candidate);
-- ``memory``: the same answer from the in-process index, including its catch-up read
-  (``photo_id > last seen``) before every lookup; its load time and memory;
+- ``index``: ``dedup.nearest`` (8 dihedral variants: 128 exact band keys, then 272 one-bit
+  neighbours of the picture's hash, then the full distance of every candidate), including its
+  catch-up read (``photo_id > last seen``) before every lookup; the index's load time and memory;
+- ``scan`` (the baseline): ``dedup.scan``, the same answer by comparing every stored hash in
+  memory with numpy (S queries of each kind: it is slow); every scan's answer must equal the
+  index's, or the bench fails;
 - under the write lock: uploads that each run intake's own locked transaction
   (``Intake.decide``: exact, refused, cap and near, catching up with the previous upload's
-  row; ``record_photo``: photo, burst check, hash, bands, credit; commit). Reported for both
-  methods: ``decide``'s time, the lock-held time (from taking the lock to the commit
-  returning; the commit does not wait for the disk under the lock) and the time until the
-  commit is durable.
+  row; ``record_photo``: photo, burst check, hash, credit, hour; commit): ``decide``'s time,
+  the lock-held time (from taking the lock to the commit returning; the commit does not wait
+  for the disk under the lock) and the time until the commit is durable.
 
 Data: ``random`` 256-bit hashes, or ``clustered`` like real photos: scenes of ~50 photos,
 each 28-44 bits from its scene's centre (so ~60-90 apart, like different cars shot by one
@@ -101,27 +102,14 @@ def hexes(words: np.ndarray) -> list[str]:
     return [s[i : i + 64] for i in range(0, len(s), 64)]
 
 
-def band_rows(words: np.ndarray):
-    """(key, photo_id) of every band row, sorted by key then photo id (ids are row + 1)."""
-    offsets, postings = dedup._build_csr(words)
-    counts = np.diff(offsets)
-    keys = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
-    return keys, postings.astype(np.int64) + 1
-
-
 def seed_sqlite(db: Database, words: np.ndarray) -> None:
     n = len(words)
     raw = db.engine.raw_connection()
     cur = raw.cursor()
     cur.execute("PRAGMA synchronous=OFF")
-    # A page cache that holds the band index while it grows (SQLite's default 2 MB makes the
-    # 16 N inserts spill and take twice the CPU), sorts for CREATE INDEX in memory.
-    cur.execute("PRAGMA cache_size=-2000000")
-    cur.execute("PRAGMA temp_store=MEMORY")
     cur.execute("BEGIN")
     cur.execute("INSERT INTO users (id, email, name, password_hash, is_organiser, licence, consented_at, created_at, accepted_count) "
                 "VALUES (1, 'bench@example.com', 'Bench', 'x', 0, 'CC BY 4.0', '2026-01-01', '2026-01-01', 0)")
-    cur.execute("DROP INDEX ix_photo_hash_bands_photo_id")
     for lo in range(0, n, CHUNK):
         hs = hexes(words[lo : lo + CHUNK])
         ids = range(lo + 1, lo + 1 + len(hs))
@@ -132,18 +120,9 @@ def seed_sqlite(db: Database, words: np.ndarray) -> None:
             [(i, i, h) for i, h in zip(ids, hs, strict=True)],
         )
         cur.executemany("INSERT INTO photo_hashes (photo_id, user_id, pdq) VALUES (?, 1, ?)", zip(ids, hs, strict=True))
-    # 16 band rows per photo: one statement per chunk, SQLite unpacking a JSON array of
-    # key << 32 | photo_id itself (3x less CPU than binding 16 N rows one by one).
-    keys, pids = band_rows(words)
-    packed = (keys << 32) | pids
-    for lo in range(0, len(keys), 4 * CHUNK):
-        cur.execute("INSERT INTO photo_hash_bands (key, photo_id) SELECT value >> 32, value & 4294967295 FROM json_each(?)",
-                    ("[" + ",".join(map(str, packed[lo : lo + 4 * CHUNK].tolist())) + "]",))
-    cur.execute("CREATE INDEX ix_photo_hash_bands_photo_id ON photo_hash_bands (photo_id)")
     cur.execute("COMMIT")
     cur.execute("ANALYZE")
     cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA cache_size=-2000")
     raw.close()
 
 
@@ -156,7 +135,7 @@ def seed_postgres(db: Database, words: np.ndarray) -> None:
                     "VALUES (1, 'bench@example.com', 'Bench', 'x', false, 'CC BY 4.0', now(), now(), 0)")
         # Foreign keys are checked row by row during COPY; they are added back, checked once, after.
         fks = cur.execute("SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) FROM pg_constraint "
-                          "WHERE contype = 'f' AND conrelid::regclass::text IN ('photo_hash_bands', 'photo_hashes')").fetchall()
+                          "WHERE contype = 'f' AND conrelid::regclass::text = 'photo_hashes'").fetchall()
         for table, name, _ in fks:
             cur.execute(f'ALTER TABLE {table} DROP CONSTRAINT "{name}"')
         with cur.copy("COPY photos (id, user_id, sha256, storage_key, thumb_key, format, size_bytes, width, height, orientation, "
@@ -169,42 +148,15 @@ def seed_postgres(db: Database, words: np.ndarray) -> None:
             for lo in range(0, n, CHUNK):
                 hs = hexes(words[lo : lo + CHUNK])
                 copy.write("".join(f"{lo + j + 1}\t1\t{h}\n" for j, h in enumerate(hs)))
-        copy_bands(cur, words)
         for table, name, definition in fks:
             cur.execute(f'ALTER TABLE {table} ADD CONSTRAINT "{name}" {definition}')
         cur.execute("SELECT setval('photos_id_seq', %s)", (n,))
     conn.commit()
     conn.autocommit = True
     with conn.cursor() as cur:
-        for table in ("photos", "photo_hash_bands", "photo_hashes"):
+        for table in ("photos", "photo_hashes"):
             cur.execute(f"VACUUM ANALYZE {table}")
     raw.close()
-
-
-def copy_bands(cur, words: np.ndarray) -> None:
-    """The 16 N band rows by binary COPY (rows packed by numpy, no text formatting), into the
-    table without its primary key and index, which are built once afterwards by sorting."""
-    pk, pk_def = cur.execute("SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
-                             "WHERE conrelid = 'photo_hash_bands'::regclass AND contype = 'p'").fetchone()
-    indexes = cur.execute("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'photo_hash_bands' "
-                          "AND indexname <> %s", (pk,)).fetchall()
-    cur.execute(f'ALTER TABLE photo_hash_bands DROP CONSTRAINT "{pk}"')
-    for name, _ in indexes:
-        cur.execute(f'DROP INDEX "{name}"')
-    keys, pids = band_rows(words)
-    row = np.dtype([("fields", ">i2"), ("klen", ">i4"), ("key", ">i4"), ("plen", ">i4"), ("pid", ">i4")])
-    with cur.copy("COPY photo_hash_bands (key, photo_id) FROM STDIN (FORMAT BINARY)") as copy:
-        copy.write(b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big") + (0).to_bytes(4, "big"))
-        for lo in range(0, len(keys), 4 * CHUNK):
-            part = np.empty(min(4 * CHUNK, len(keys) - lo), dtype=row)
-            part["fields"], part["klen"], part["plen"] = 2, 4, 4
-            part["key"], part["pid"] = keys[lo : lo + len(part)], pids[lo : lo + len(part)]
-            copy.write(part.tobytes())
-        copy.write((-1).to_bytes(2, "big", signed=True))
-    cur.execute("SET maintenance_work_mem = '1GB'")
-    cur.execute(f'ALTER TABLE photo_hash_bands ADD CONSTRAINT "{pk}" {pk_def}')
-    for _, definition in indexes:
-        cur.execute(definition)
 
 
 def percentiles(samples: list[float]) -> dict:
@@ -225,34 +177,44 @@ def make_queries(words: np.ndarray, scenes, q: int, seed: int) -> dict[str, list
     return {"new photo": newq, "near copy": nearq}
 
 
-def time_lookups(db: Database, queries: list[list[str]], method: str, cpu: list[float] | None = None) -> tuple[list[float], int]:
-    """Wall times of the lookups (and, into ``cpu``, this thread's CPU time for each: on a
-    shared machine a lookup that is descheduled shows in the wall time only)."""
-    times, found = [], 0
+def time_lookups(db: Database, queries: list[list[str]], cpu: list[float] | None = None) -> tuple[list[float], list]:
+    """Wall times of the index's lookups and their answers (and, into ``cpu``, this thread's
+    CPU time for each: on a shared machine a lookup that is descheduled shows in the wall time
+    only)."""
+    times, answers = [], []
     with db.Session() as session:
         for variants in queries:
             c, start = time.thread_time(), time.perf_counter()
-            match = dedup.nearest(session, variants, method=method)
+            answers.append(dedup.nearest(session, variants))
             times.append(time.perf_counter() - start)
             if cpu is not None:
                 cpu.append(time.thread_time() - c)
-            found += match is not None
             session.rollback()
-    return times, found
+    return times, answers
 
 
-def under_lock(db: Database, words: np.ndarray, method: str, uploads: int, seed: int) -> dict:
+def time_scans(words: np.ndarray, queries: list[list[str]]) -> tuple[list[float], list]:
+    """The baseline: every stored hash compared, in memory, for each query."""
+    ids, users = np.arange(1, len(words) + 1, dtype=np.int64), np.ones(len(words), dtype=np.int64)
+    times, answers = [], []
+    for variants in queries:
+        start = time.perf_counter()
+        answers.append(dedup.scan(words, ids, users, variants))
+        times.append(time.perf_counter() - start)
+    return times, answers
+
+
+def under_lock(db: Database, uploads: int, seed: int) -> dict:
     """Uploads as intake commits them, with intake's own code: take the lock, ``decide``
     (exact, refused, cap, then near: the catch-up read and the lookup), ``record_photo``
-    (photo row, burst check, hash and band rows, credit), commit. The lock-held time is the
-    database layer's own (``lock_seconds``: from taking the lock to the commit returning)."""
+    (burst check, photo row, hash, credit, hour), commit. The lock-held time is the database
+    layer's own (``lock_seconds``: from taking the lock to the commit returning)."""
     fresh = hexes(random_words(8 * uploads, seed))  # each upload's hash and its 7 turned variants
-    dedup.configure(db.engine, method)
     intake = Intake(db, None, load_settings({}, {"MAX_PHOTOS": 10**9}), spool_dir=Path(tempfile.gettempdir()))
     decides, holds, walls = [], [], []
     taken = utcnow() - dt.timedelta(days=1)  # a minute apart: no burst (a burst is a few seconds)
     for i in range(uploads):
-        sha = hashlib.sha256(f"{method}{seed}{i}".encode()).hexdigest()
+        sha = hashlib.sha256(f"{seed}-{i}".encode()).hexdigest()
         variants = fresh[8 * i : 8 * i + 8]
         h = variants[0]
         t0 = time.perf_counter()
@@ -268,11 +230,10 @@ def under_lock(db: Database, words: np.ndarray, method: str, uploads: int, seed:
                 created_at=utcnow(), nearest_distance=decision.near.distance if decision.near else None))
         holds.append(tx.info["lock_seconds"])
         walls.append(time.perf_counter() - t0)
-    dedup.configure(db.engine, "memory")
     return {"lookup": percentiles(decides), "transaction": percentiles(holds), "durable": percentiles(walls)}
 
 
-def run(name: str, db: Database, seed, kind: str, n: int, q: int, say) -> dict:
+def run(name: str, db: Database, seed, kind: str, n: int, q: int, scans: int, say) -> dict:
     t, c = time.perf_counter(), time.process_time()
     if kind == "random":
         words, scenes = random_words(n, 7), None
@@ -280,7 +241,7 @@ def run(name: str, db: Database, seed, kind: str, n: int, q: int, say) -> dict:
         words, scenes = clustered_words(n, 7)
     seed(db, words)
     seeded, seed_cpu = time.perf_counter() - t, time.process_time() - c
-    say(f"\n== {name}, {kind} hashes: seeded {n:,} photos and {16 * n:,} band rows in {seeded:.0f} s"
+    say(f"\n== {name}, {kind} hashes: seeded {n:,} photos in {seeded:.0f} s"
         f" ({seed_cpu:.0f} s CPU in this process; the database's own work is in the wall time)")
     out: dict = {"database": name, "data": kind, "rows": n, "seed_seconds": round(seeded, 1)}
     queries = make_queries(words, scenes, q, 11)
@@ -289,26 +250,28 @@ def run(name: str, db: Database, seed, kind: str, n: int, q: int, say) -> dict:
     t = time.perf_counter()
     index.warm()
     out["index"] = {"load_seconds": round(time.perf_counter() - t, 2), "megabytes": round(index.stats()["bytes"] / 2**20, 1)}
-    say(f"  memory index: loaded in {out['index']['load_seconds']:.1f} s, {out['index']['megabytes']:.0f} MB")
+    say(f"  index: loaded in {out['index']['load_seconds']:.1f} s, {out['index']['megabytes']:.0f} MB")
 
-    for method in ("sql", "memory"):
-        time_lookups(db, queries["new photo"][:20], method)  # warm the caches
-        for label, qs in queries.items():
-            cpu: list[float] = []
-            times, found = time_lookups(db, qs, method, cpu)
-            p = percentiles(times)
-            out.setdefault(method, {})[label] = {**p, "cpu": percentiles(cpu), "matched": found, "queries": len(qs)}
-    for label in queries:
-        s, m = out["sql"][label], out["memory"][label]
-        say(f"  {label:<10} sql p50 {s['p50']:7.2f} p99 {s['p99']:7.2f} ms | memory p50 {m['p50']:6.2f} p99 {m['p99']:6.2f} ms"
-            f" (CPU p50 {m['cpu']['p50']:.2f} p99 {m['cpu']['p99']:.2f}) | {s['p99'] / m['p99']:5.1f}x at p99"
-            f"  (matched sql {s['matched']}, memory {m['matched']} of {s['queries']})")
+    time_lookups(db, queries["new photo"][:20])  # warm the caches
+    for label, qs in queries.items():
+        cpu: list[float] = []
+        times, answers = time_lookups(db, qs, cpu)
+        scan_times, scanned = time_scans(words, qs[:scans])
+        if answers[:scans] != scanned:
+            raise SystemExit(f"{name} {kind} {label}: the index and the full scan disagree")
+        i, sc = percentiles(times), percentiles(scan_times)
+        out.setdefault("index_lookup", {})[label] = {**i, "cpu": percentiles(cpu), "matched": sum(a is not None for a in answers), "queries": len(qs)}
+        out.setdefault("scan", {})[label] = {**sc, "queries": len(scanned)}
+        say(f"  {label:<10} index p50 {i['p50']:6.2f} p99 {i['p99']:6.2f} ms (CPU p50 {out['index_lookup'][label]['cpu']['p50']:.2f}"
+            f" p99 {out['index_lookup'][label]['cpu']['p99']:.2f}) | scan p50 {sc['p50']:7.2f} p99 {sc['p99']:7.2f} ms"
+            f" | {sc['p50'] / i['p50']:5.0f}x at p50 (matched {out['index_lookup'][label]['matched']} of {len(qs)};"
+            f" the {len(scanned)} scans gave the same answers)")
     uploads = min(q, 200)
-    for method in ("sql", "memory"):
-        out.setdefault("under_lock", {})[method] = r = under_lock(db, words, method, uploads, 100 + len(method))
-        say(f"  under the write lock ({method:<6}, {uploads} uploads): decide p50 {r['lookup']['p50']:6.2f} p99 {r['lookup']['p99']:6.2f} ms,"
-            f" lock held p50 {r['transaction']['p50']:6.2f} p99 {r['transaction']['p99']:6.2f} ms"
-            f" (until durable: p50 {r['durable']['p50']:6.2f} p99 {r['durable']['p99']:6.2f} ms)")
+    under_lock(db, 20, 99)  # warm: the statements are built once per process
+    out["under_lock"] = r = under_lock(db, uploads, 100)
+    say(f"  under the write lock ({uploads} uploads): decide p50 {r['lookup']['p50']:6.2f} p99 {r['lookup']['p99']:6.2f} ms,"
+        f" lock held p50 {r['transaction']['p50']:6.2f} p99 {r['transaction']['p99']:6.2f} ms"
+        f" (until durable: p50 {r['durable']['p50']:6.2f} p99 {r['durable']['p99']:6.2f} ms)")
     return out
 
 
@@ -316,6 +279,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--scans", type=int, default=30, help="baseline full scans of each kind (each ~0.1-0.5 s at 1M)")
     parser.add_argument("--data", default="random,clustered")
     parser.add_argument("--postgres", default=os.environ.get("COLLECTOR_TEST_POSTGRES_URL", "postgresql+psycopg://root@127.0.0.1:5432/postgres"),
                         help="an admin URL; the bench creates and drops a database of its own")
@@ -330,13 +294,13 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 db = Database(f"sqlite:///{tmp}/bench.sqlite3")
                 db.migrate()
-                results.append(run("SQLite", db, seed_sqlite, kind, args.rows, args.queries, say))
+                results.append(run("SQLite", db, seed_sqlite, kind, args.rows, args.queries, args.scans, say))
                 db.dispose()
         if not args.no_postgres:
             with scratch_database(args.postgres, "collector_bench") as url:
                 db = Database(url)
                 db.migrate()
-                results.append(run("PostgreSQL", db, seed_postgres, kind, args.rows, args.queries, say))
+                results.append(run("PostgreSQL", db, seed_postgres, kind, args.rows, args.queries, args.scans, say))
                 db.dispose()
     if args.json:
         print(json.dumps({"benchmark": "dedup_lookup", "results": results}, indent=2))

@@ -1,20 +1,18 @@
 """The database work of one accepted upload: intake's own calls next to the ORM unit of work
-they replaced and a variant without band rows, in the same run, on SQLite and PostgreSQL.
+they replaced, in the same run, on SQLite and PostgreSQL.
 
     python bench/intake_db.py [--uploads 300] [--stored 20000] [--postgres URL | --no-postgres]
 
-Three sequences run against the same database (``--stored`` photos already in it), with the
+Two sequences run against the same database (``--stored`` photos already in it), with the
 same in-memory near-duplicate index, for ``--uploads`` new photos of one contributor each:
 
   today         intake/pipeline.py's own calls for an accepted photo: ``known`` (one query),
                 the near lookup in a second session, then under the write lock ``decide``
                 (one query + the near lookup's catch-up) and ``record_photo`` (burst update,
-                photo ``INSERT ... RETURNING id``, hash + 16 band rows, credit), all as
-                statements on the tables;
+                photo ``INSERT ... RETURNING id``, hash, credit, hour), all as statements on
+                the tables (one statement of CTEs on PostgreSQL);
   ORM (before)  the same answers through the ORM as intake wrote them before: a ``Photo``
-                object added and flushed, ORM-enabled updates for the burst and the credit;
-  no band rows  ``today`` without the 16 ``photo_hash_bands`` rows, which only the SQL lookup
-                (``COLLECTOR_NEAR_INDEX=sql``, or a fresh process still loading) reads.
+                object added and flushed, ORM-enabled updates for the burst and the credit.
 
 Printed per upload (median, p95): CPU ms of this process, wall ms, the write lock's hold time
 (the database layer's ``lock_seconds``: from taking the lock to the commit returning), and the
@@ -40,8 +38,8 @@ sys.path.insert(0, str(ROOT))
 from sqlalchemy import event, insert, update  # noqa: E402
 
 from collector import create_app  # noqa: E402
-from collector.intake import credits, dedup  # noqa: E402
-from collector.intake.pipeline import PHOTOS, mark_burst, record_photo  # noqa: E402
+from collector.intake import dedup  # noqa: E402
+from collector.intake.pipeline import record_photo  # noqa: E402
 from collector.organisers import reports  # noqa: E402
 from collector.platform.models import Photo, User, utcnow  # noqa: E402
 from collector.web import accounts  # noqa: E402
@@ -58,7 +56,7 @@ def photo_values(user_id: int, sha: str, pdq: str, when: dt.datetime) -> dict:
                 original_filename="IMG.jpg")
 
 
-def today(svc, user_id: int, sha: str, variants: list[str], when: dt.datetime, bands: bool = True) -> float:
+def today(svc, user_id: int, sha: str, variants: list[str], when: dt.datetime) -> float:
     """Intake's own calls for an accepted photo; returns the lock's hold time."""
     intake = svc.intake
     assert intake.known(user_id, sha) is None
@@ -66,14 +64,7 @@ def today(svc, user_id: int, sha: str, variants: list[str], when: dt.datetime, b
         dedup.nearest(session, variants)
     with svc.db.write_transaction() as tx:
         assert intake.decide(tx, user_id, sha, variants, {}).verdict is None
-        row = dict(photo_values(user_id, sha, variants[0], when), created_at=utcnow())
-        if bands:
-            record_photo(tx, row)
-        else:
-            row["burst"] = mark_burst(tx, user_id, when)
-            photo_id = tx.execute(insert(PHOTOS).values(row).returning(PHOTOS.c.id)).scalar_one()
-            tx.execute(insert(dedup.PhotoHash.__table__), [{"photo_id": photo_id, "user_id": user_id, "pdq": variants[0]}])
-            credits.adjust(tx, user_id, +1, row["created_at"], new_upload=True)
+        record_photo(tx, dict(photo_values(user_id, sha, variants[0], when), created_at=utcnow()))
     return tx.info["lock_seconds"]
 
 
@@ -93,15 +84,10 @@ def orm_before(svc, user_id: int, sha: str, variants: list[str], when: dt.dateti
         tx.add(photo)
         tx.flush()
         tx.execute(insert(dedup.PhotoHash), [{"photo_id": photo.id, "user_id": user_id, "pdq": variants[0]}])
-        tx.execute(insert(dedup.HashBand), [{"key": k, "photo_id": photo.id} for k in dedup.band_keys(variants[0])])
         tx.execute(update(User).where(User.id == user_id).values(accepted_count=User.accepted_count + 1, last_upload_at=now)
                    .returning(User.accepted_count)).scalar_one()
         reports.bump_hour(tx, now, +1)
     return tx.info["lock_seconds"]
-
-
-def no_bands(svc, user_id, sha, variants, when) -> float:
-    return today(svc, user_id, sha, variants, when, bands=False)
 
 
 def seed(svc, stored: int) -> int:
@@ -113,7 +99,7 @@ def seed(svc, stored: int) -> int:
             ids = tx.execute(insert(Photo).returning(Photo.id),
                              [dict(photo_values(user.id, f"{i:064x}", h, None), created_at=now) for i, h in enumerate(hs[lo : lo + 5000], lo)]).scalars().all()
             for pid, h in zip(ids, hs[lo : lo + 5000], strict=True):
-                dedup.add_bands(tx, pid, user.id, h)
+                dedup.add_hash(tx, pid, user.id, h)
     return user.id
 
 
@@ -129,7 +115,7 @@ def run(name: str, settings: dict, uploads: int, stored: int) -> None:
         results = {}
         words = random_words(uploads * 6 * 8, 17)
         all_variants = hexes(words)
-        for k, (label, fn) in enumerate((("today", today), ("ORM (before)", orm_before), ("no band rows", no_bands)) * 2):
+        for k, (label, fn) in enumerate((("today", today), ("ORM (before)", orm_before)) * 2):
             uid = accounts.create_user(svc.db, f"u{k}@example.com", "U", "bench password 1", "CC BY 4.0").id
             cpu, wall, lock, stmts = [], [], [], []
             for i in range(uploads):
@@ -143,13 +129,13 @@ def run(name: str, settings: dict, uploads: int, stored: int) -> None:
                 cpu.append(time.process_time() - c)
                 wall.append(time.perf_counter() - w)
                 stmts.append(statements["n"])
-            if k >= 3:  # the first pass of each warms caches
+            if k >= 2:  # the first pass of each warms caches
                 results[label] = (cpu, wall, lock, stmts)
         print(f"\n== {name}, {stored:,} photos stored, {uploads} uploads each (medians; p95 in brackets)")
         for label, (cpu, wall, lock, stmts) in results.items():
             print(f"  {label:<12} CPU {ms(cpu)}  wall {ms(wall)}  lock held {ms(lock)}  statements {statistics.median(stmts):.0f}")
         t = results["today"]
-        for label in ("ORM (before)", "no band rows"):
+        for label in ("ORM (before)",):
             r = results[label]
             print(f"  today minus {label}, per upload: CPU {1000 * (statistics.median(t[0]) - statistics.median(r[0])):.2f} ms, "
                   f"wall {1000 * (statistics.median(t[1]) - statistics.median(r[1])):.2f} ms, "

@@ -11,7 +11,6 @@ from flask.globals import app_ctx
 from werkzeug.exceptions import ServiceUnavailable
 
 from collector import cli
-from collector.intake import dedup
 from collector.intake.pipeline import Intake
 from collector.organisers import dashboard
 from collector.platform.config import PROJECT_ROOT, SETTINGS, Settings, load_settings
@@ -71,7 +70,6 @@ def _flask_config(settings: Settings) -> dict[str, Any]:
 def _attach_services(app: Flask, settings: Settings) -> None:
     """The database (not connected yet), the photo store and intake, in app.extensions."""
     db = Database(settings.DATABASE_URL, scopefunc=lambda: id(app_ctx._get_current_object()), pool_size=settings.DB_POOL_SIZE)
-    dedup.configure(db.engine, settings.NEAR_INDEX)
     storage = open_storage(settings.STORAGE_URL, settings.S3_ENDPOINT_URL)
     app.extensions["collector"] = Collector(settings, db, storage, Intake(db, storage, settings))
     app.teardown_appcontext(lambda exc: db.session.remove())

@@ -1,14 +1,19 @@
-"""The in-memory near-duplicate index answers exactly what the SQL band index answers, on
-random and clustered hashes, across two apps on one database (two workers), through a
-background load, a rebuild and a deletion."""
+"""The in-memory near-duplicate index answers exactly what comparing every stored hash
+answers (``dedup.scan``, itself checked against plain Python), on random and clustered
+hashes, across two apps on one database (two workers), through a background load, a failed
+load, a rebuild and a deletion."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import random
+import threading
 import time
 
+import numpy as np
 import pytest
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, insert, select, text
+from sqlalchemy import exc as sa_exc
 
 from collector.intake import dedup
 from collector.platform.models import Photo, User, utcnow
@@ -56,7 +61,7 @@ def seed(db, hashes: list[str], user_id: int, start_id: int | None = None) -> li
                              sharpness=1.0, brightness=100.0, contrast=50.0, original_filename="x.jpg"))
         tx.execute(insert(Photo), rows)
         for pid, h in zip(ids, hashes, strict=True):
-            dedup.add_bands(tx, pid, user_id, h)
+            dedup.add_hash(tx, pid, user_id, h)
     return ids
 
 
@@ -84,20 +89,64 @@ def user(db, email: str) -> int:
         return tx.scalar(select(User.id).where(User.email == email))
 
 
+def scanned(session, variants: list[str]) -> dedup.Match | None:
+    """The reference: every hash the database holds, compared."""
+    rows = session.execute(text("SELECT photo_id, user_id, pdq FROM photo_hashes")).all()
+    if not rows:
+        return None
+    ids, users, pdqs = zip(*rows, strict=True)
+    return dedup.scan(dedup.hashes_to_words(list(pdqs)), np.array(ids), np.array(users), variants)
+
+
 def same_answers(db, qs: list[list[str]]) -> int:
-    """Compare memory and SQL on every query; returns how many matched something."""
+    """Compare the index and the full scan on every query; returns how many matched something."""
     found = 0
     with db.Session() as session:
         for variants in qs:
-            mem = dedup.nearest(session, variants, method="memory")
-            ref = dedup.sql_nearest(session, variants)
+            mem = dedup.nearest(session, variants)
+            ref = scanned(session, variants)
             assert mem == ref, variants
             found += ref is not None
     return found
 
 
+def plain_nearest(stored: list[tuple[int, int, str]], variants: list[str]) -> dedup.Match | None:
+    """``nearest``'s rule in plain Python: first the photos sharing a 16-bit band exactly with
+    any variant, each at its smallest distance to any variant; if none is within 31 bits, every
+    photo at its distance to the picture's own hash. Closest first, then the oldest."""
+    def bands(h: str) -> list[str]:
+        return [h[4 * i : 4 * i + 4] for i in range(16)]
+
+    wanted = [int(v, 16) for v in variants]
+    own = [{(i, b) for i, b in enumerate(bands(v))} for v in variants]
+    first = [(min((int(h, 16) ^ w).bit_count() for w in wanted), pid, uid) for pid, uid, h in stored
+             if any(set(enumerate(bands(h))) & o for o in own)]
+    first = [t for t in first if t[0] <= 31]
+    second = [((int(h, 16) ^ wanted[0]).bit_count(), pid, uid) for pid, uid, h in stored]
+    best = min(first or [t for t in second if t[0] <= 31], default=None)
+    return dedup.Match(best[1], best[2], best[0]) if best else None
+
+
+def test_scan_follows_the_rule_in_plain_python():
+    rnd = random.Random(17)
+    hashes = clustered(400, rnd)
+    stored = [(pid, pid % 7, h) for pid, h in enumerate(hashes, start=1)]
+    words = dedup.hashes_to_words(hashes)
+    ids, users = np.array([s[0] for s in stored]), np.array([s[1] for s in stored])
+    found = 0
+    for variants in queries(hashes, rnd, 150):
+        expected = plain_nearest(stored, variants)
+        assert dedup.scan(words, ids, users, variants) == expected, variants
+        found += expected is not None
+    assert 40 < found < 150
+    # a turned copy found by one of its other variants, at its distance to that variant
+    base = hashes[0]
+    turned = [hx(rnd.getrandbits(256)) for _ in range(3)] + [base] + [hx(rnd.getrandbits(256)) for _ in range(4)]
+    assert dedup.scan(words, ids, users, turned) == dedup.Match(1, 1, 0)
+
+
 @pytest.mark.parametrize("kind", ["random", "clustered"])
-def test_memory_index_equals_sql_lookup(app, kind):
+def test_memory_index_equals_full_scan(app, kind):
     db = app.extensions["collector"].db
     rnd = random.Random(5 if kind == "random" else 6)
     uid = user(db, "a@example.com")
@@ -127,27 +176,66 @@ def test_two_workers_on_one_database_catch_up(make_app):
     # a's index was loaded before b wrote: the lookup under the write lock catches up.
     target = second[17]
     with da.write_transaction() as tx:
-        match = dedup.nearest(tx, [target] * 8, method="memory")
-        assert match == dedup.sql_nearest(tx, [target] * 8)
+        match = dedup.nearest(tx, [target] * 8)
+        assert match == scanned(tx, [target] * 8)
         assert match.distance == 0 and match.user_id in (ua, ub)
     same_answers(da, queries(first + second, rnd, 60))
 
 
-def test_background_load_answers_from_the_database_meanwhile(app, monkeypatch):
+def test_lookups_wait_for_a_background_load(app, monkeypatch):
+    """A large collection loads on a thread of its own; lookups from several threads wait for
+    that one load and then answer right."""
     db = app.extensions["collector"].db
     rnd = random.Random(3)
     stored = clustered(800, rnd)
     seed(db, stored, user(db, "a@example.com"))
     monkeypatch.setattr(dedup.NearIndex, "SYNC_LOAD_ROWS", 100)
     monkeypatch.setattr(dedup.NearIndex, "LOAD_CHUNK", 128)  # several chunks
+    loads, loaders = [], set()
+    real_load = dedup.NearIndex._load
+
+    def slow_load(self, session):
+        loads.append(1)
+        loaders.add(threading.current_thread().name)
+        time.sleep(0.3)  # so the lookups below arrive while it runs
+        real_load(self, session)
+
+    monkeypatch.setattr(dedup.NearIndex, "_load", slow_load)
     index = dedup.index_for(db.engine)
-    qs = queries(stored, rnd, 30)
-    same_answers(db, qs[:1])  # starts the load in the background; the database answers
-    deadline = time.monotonic() + 60
-    while not index.ready and time.monotonic() < deadline:
-        time.sleep(0.05)
+    target = stored[123]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: nearest_in_new_session(db, [target] * 8), range(4)))
+    assert all(a is not None and a.distance == 0 for a in answers)
+    assert len(loads) == 1 and loaders == {"near-index-load"}
     assert index.ready and index.n == 800 and index.base == 800
-    same_answers(db, qs)
+    same_answers(db, queries(stored, rnd, 30))
+
+
+def nearest_in_new_session(db, variants):
+    with db.Session() as session:
+        return dedup.nearest(session, variants)
+
+
+def test_a_failed_load_is_reported_and_tried_again(app, monkeypatch):
+    db = app.extensions["collector"].db
+    rnd = random.Random(13)
+    stored = clustered(300, rnd)
+    seed(db, stored, user(db, "a@example.com"))
+    monkeypatch.setattr(dedup.NearIndex, "SYNC_LOAD_ROWS", 100)
+    real_warm, calls = dedup.NearIndex.warm, []
+
+    def flaky_warm(self):
+        calls.append(1)
+        if len(calls) == 1:
+            raise sa_exc.OperationalError("SELECT", {}, Exception("server closed the connection"))
+        real_warm(self)
+
+    monkeypatch.setattr(dedup.NearIndex, "warm", flaky_warm)
+    with pytest.raises(sa_exc.OperationalError):  # the web layer answers 503 for it
+        nearest_in_new_session(db, [stored[5]] * 8)
+    assert not dedup.index_for(db.engine).ready
+    assert nearest_in_new_session(db, [stored[5]] * 8).distance == 0
+    assert len(calls) == 2
 
 
 def test_rebuild_folds_recent_rows_into_the_band_index(app):
@@ -177,14 +265,13 @@ def test_deleted_photo_is_not_returned(app):
     near, nearer = hx(flip(base, 10, rnd)), hx(flip(base, 3, rnd))
     ids = seed(db, [near, nearer], uid)
     with db.Session() as session:
-        assert dedup.nearest(session, [hx(base)] * 8, method="memory").photo_id == ids[1]
+        assert dedup.nearest(session, [hx(base)] * 8).photo_id == ids[1]
     with db.write_transaction() as tx:  # the photo goes, its hash rows with it (cascade)
         tx.execute(delete(dedup.PhotoHash).where(dedup.PhotoHash.photo_id == ids[1]))
-        tx.execute(delete(dedup.HashBand).where(dedup.HashBand.photo_id == ids[1]))
         tx.execute(delete(Photo).where(Photo.id == ids[1]))
     with db.Session() as session:
-        mem = dedup.nearest(session, [hx(base)] * 8, method="memory")
-        assert mem == dedup.sql_nearest(session, [hx(base)] * 8)
+        mem = dedup.nearest(session, [hx(base)] * 8)
+        assert mem == scanned(session, [hx(base)] * 8)
         assert mem.photo_id == ids[0] and mem.distance == 10
 
 
@@ -195,14 +282,14 @@ def test_late_commit_below_the_last_id_is_found(app):
     uid = user(db, "a@example.com")
     seed(db, [hx(rnd.getrandbits(256)) for _ in range(5)], uid)
     with db.Session() as session:
-        dedup.nearest(session, [hx(rnd.getrandbits(256))] * 8, method="memory")
+        dedup.nearest(session, [hx(rnd.getrandbits(256))] * 8)
     seed(db, [hx(rnd.getrandbits(256))], uid, start_id=10)  # 6..9 not there yet
     with db.Session() as session:
-        dedup.nearest(session, [hx(rnd.getrandbits(256))] * 8, method="memory")
+        dedup.nearest(session, [hx(rnd.getrandbits(256))] * 8)
     late = hx(rnd.getrandbits(256))
     seed(db, [late], uid, start_id=7)
     with db.Session() as session:
-        match = dedup.nearest(session, [late] * 8, method="memory")
+        match = dedup.nearest(session, [late] * 8)
     assert match is not None and match.photo_id == 7 and match.distance == 0
 
 

@@ -15,7 +15,7 @@ from PIL import Image, ImageFilter
 from sqlalchemy import func, select
 
 from collector.intake import dedup
-from collector.platform.models import HashBand, Photo, UploadRejection, User
+from collector.platform.models import Photo, PhotoHash, UploadRejection, User
 from collector.platform.storage import photo_key, thumb_key
 
 from . import hostile, images, photos
@@ -49,7 +49,7 @@ def test_accepts_real_plate_photo_and_stores_it_by_hash(svc, submit, ann):
         assert photo.sha256 == v.sha256
         assert (photo.storage_key, photo.thumb_key) == (photo_key(v.sha256, "jpg"), thumb_key(v.sha256))
         assert (photo.width, photo.height) == (900, 600)
-        assert s.scalar(select(func.count()).select_from(HashBand).where(HashBand.photo_id == photo.id)) == 16
+        assert s.get(PhotoHash, photo.id).pdq == photo.pdq
         assert s.get(User, ann.id).accepted_count == 1
     with svc.storage.open(photo.storage_key) as fh:
         assert fh.read() == US7
@@ -318,21 +318,18 @@ def test_storage_failure_is_a_retry_later_and_keeps_nothing(svc, settings, submi
     assert stored_count(svc) == 0 and v.progress.accepted == 0
 
 
-def test_an_accepted_photo_writes_its_row_hash_bands_credit_and_hour(svc, submit, ann):
+def test_an_accepted_photo_writes_its_row_hash_credit_and_hour(svc, submit, ann):
     """``record_photo``'s writes, whichever way the database takes them (separate statements
     on SQLite, one statement of CTEs on PostgreSQL): the photo with its defaults and burst
-    flag, its hash and 16 band rows, the credit with the time of the last upload, the hour."""
+    flag, its hash, the credit with the time of the last upload, the hour."""
     from collector.organisers import reports
-    from collector.platform.models import PhotoHash
 
     v = submit(ann, photos.jpeg(41))
     assert v.accepted and v.progress.accepted == 1
     with svc.db.Session() as s:
         photo = s.get(Photo, v.photo_id)
         assert (photo.status, photo.burst, photo.user_id, photo.sha256) == ("accepted", False, ann.id, v.sha256)
-        assert s.get(PhotoHash, v.photo_id).pdq == photo.pdq
-        keys = s.scalars(select(HashBand.key).where(HashBand.photo_id == v.photo_id)).all()
-        assert sorted(keys) == sorted(dedup.band_keys(photo.pdq))
+        assert s.get(PhotoHash, v.photo_id).user_id == ann.id and s.get(PhotoHash, v.photo_id).pdq == photo.pdq
         user = s.get(User, ann.id)
         assert user.accepted_count == 1 and user.last_upload_at == photo.created_at
         series, before = reports.accepted_per_hour(s)

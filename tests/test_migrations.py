@@ -6,7 +6,7 @@ import io
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import text
+from sqlalchemy import inspect, text
 
 from collector import create_app
 from collector.platform.db import MIGRATIONS, Database, head_revision
@@ -70,7 +70,7 @@ def test_upgrade_from_the_first_revision_keeps_every_row(settings, database_url)
         with svc.db.engine.connect() as conn:
             assert conn.execute(text("SELECT email, accepted_count, checked_in_at FROM users")).one() == ("old@example.com", 1, None)
             assert conn.execute(text("SELECT original_filename, status, review_reason FROM photos")).one() == ("old.jpg", "accepted", None)
-            assert conn.execute(text("SELECT count(*) FROM photo_hash_bands")).scalar() == 1
+            assert "photo_hash_bands" not in inspect(conn).get_table_names()  # the index is in memory now
             assert conn.execute(text("SELECT user_id, pdq FROM photo_hashes")).one() == (1, "0" * 64)
         # and the upgraded database works
         v = svc.intake.submit(1, io.BytesIO(photos.named("canon")), "new.jpg")
@@ -80,6 +80,35 @@ def test_upgrade_from_the_first_revision_keeps_every_row(settings, database_url)
 
 
 def _has_tables(conn) -> bool:
-    from sqlalchemy import inspect
-
     return "alembic_version" in inspect(conn).get_table_names()
+
+
+def test_downgrade_below_0011_rebuilds_the_band_rows(settings, database_url):
+    """The band table went in 0011; going back rebuilds its 16 rows per photo from the hashes."""
+    from collector.intake import dedup
+
+    app = create_app(settings)
+    try:
+        assert app.test_cli_runner().invoke(args=["db", "upgrade"]).exit_code == 0
+        svc = app.extensions["collector"]
+        with svc.db.write_transaction(lock=False) as tx:
+            tx.execute(text(
+                "INSERT INTO users (id, email, name, password_hash, is_organiser, licence, consented_at, created_at, accepted_count) "
+                "VALUES (1, 'a@example.com', 'A', 'x', false, 'CC BY 4.0', '2026-01-01', '2026-01-01', 0)"))
+        for i, data in enumerate(photos.distinct(2)):
+            v = svc.intake.submit(1, io.BytesIO(data), f"{i}.jpg")
+            assert v.accepted, v.message
+        with svc.db.engine.connect() as conn:
+            hashes = conn.execute(text("SELECT photo_id, pdq FROM photo_hashes ORDER BY photo_id")).all()
+        assert len(hashes) == 2
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        with svc.db.engine.connect() as conn, conn.begin():
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0010_plates")
+            rows = conn.execute(text("SELECT photo_id, key FROM photo_hash_bands")).all()
+            assert sorted(rows) == sorted((pid, k) for pid, pdq in hashes for k in dedup.band_keys(pdq))
+            command.upgrade(cfg, "head")
+            assert "photo_hash_bands" not in inspect(conn).get_table_names()
+    finally:
+        app.extensions["collector"].db.dispose()

@@ -1,23 +1,25 @@
 """Exact and near-duplicate lookup across every contributor.
 
 Exact: the SHA-256 of the bytes, under a unique constraint. Near: the 256-bit PDQ hash of the
-oriented picture, found through multi-index hashing (see ``HashBand``) so one lookup probes
+oriented picture, found through multi-index hashing (see ``NearIndex``) so one lookup probes
 272 band keys instead of comparing every photo, then the full Hamming distance is checked.
 Choice of hash and threshold: README "Near-duplicates", from ../shared/research/dedup.md.
 
-The database holds the truth (``photo_hashes`` and its band index ``photo_hash_bands``). Each
-process keeps ``NearIndex``, an in-memory copy of ``photo_hashes`` that answers the same
-question in a few milliseconds at a million photos where the SQL lookup takes 30-200 ms.
-It is a cache, never a second truth: before every lookup it reads the rows added since the
-last one (``photo_id > last seen``, a primary-key range read), in the caller's session, so
-under the write lock it sees exactly what the database holds, and every worker on every
-machine answers the same. ``nearest`` returns what the SQL lookup returns (a test compares
-them on random and clustered hashes, across two apps on one database).
+The database holds the truth (``photo_hashes``: one narrow row per photo). Each process keeps
+``NearIndex``, an in-memory copy of it with a band index that answers a lookup in a few
+milliseconds at a million photos. It is a cache, never a second truth: before every lookup it
+reads the rows added since the last one (``photo_id > last seen``, a primary-key range read),
+in the caller's session, so under the write lock it sees exactly what the database holds, and
+every worker on every machine answers the same. ``scan`` gives the same answer by comparing
+every stored hash: the reference the tests and bench/dedup_lookup.py hold the index to.
+
+The band index once lived in the database too (``photo_hash_bands``, 16 rows per photo, and
+a SQL lookup beside the memory one); it cost a sixth of the write lock's time and 30-250 ms a
+lookup at a million photos, so it went (migration 0011).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -25,11 +27,12 @@ import weakref
 from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import ARRAY, Integer, bindparam, func, insert, select, text
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import insert, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from collector.platform.models import HashBand, PhotoHash
+from collector.platform.models import PhotoHash
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +68,7 @@ class Match:
     distance: int
 
 
-def nearest(session: Session, variants: list[str], *, method: str | None = None) -> Match | None:
+def nearest(session: Session, variants: list[str]) -> Match | None:
     """The stored photo closest to ``variants`` (the picture's hash first, then its 7 other
     rotations and mirrors), within the index radius of 31 bits, or None. Ties go to the
     oldest photo (lowest id), so every worker gives the same answer.
@@ -76,91 +79,56 @@ def nearest(session: Session, variants: list[str], *, method: str | None = None)
     (272 keys), which finds every photo within 31 bits of it. So an unturned copy is found up
     to 31 bits, a turned or mirrored one up to 15 (a rotation alone moves a hash by ~10).
 
-    ``method``: "memory" (the process's ``NearIndex``), "sql" (the band index in the
-    database), or None for the engine's configured default (see ``configure``; memory unless
-    turned off). While a fresh process loads a large index in the background, lookups go to
-    the database.
+    Answered by the process's ``NearIndex`` for the session's database; a fresh process with
+    many photos waits for its index to load (a few seconds at a million photos) on its first
+    lookup.
     """
-    engine = _engine_of(session)
-    if (method or _DEFAULT.get(engine, "memory")) == "memory":
-        index = index_for(engine)
-        found = index.nearest(session, variants)
-        if found is not _NOT_READY:
-            return found
-    return sql_nearest(session, variants)
+    return index_for(_engine_of(session)).nearest(session, variants)
 
 
-def add_bands(session: Session, photo_id: int, user_id: int, pdq_hex: str) -> None:
-    """Index a new photo's hash (in the caller's transaction, which must hold the intake write
-    lock: ``NearIndex`` relies on photo ids becoming visible in increasing order).
-
-    Two Core inserts on the tables (one executemany for the 16 band rows) rather than 17 ORM
-    objects or the ORM's bulk insert."""
+def add_hash(session: Session, photo_id: int, user_id: int, pdq_hex: str) -> None:
+    """Store a new photo's hash for the lookups (in the caller's transaction, which must hold
+    the intake write lock: ``NearIndex`` relies on photo ids becoming visible in increasing
+    order)."""
     session.execute(insert(PhotoHash.__table__), [{"photo_id": photo_id, "user_id": user_id, "pdq": pdq_hex}])
-    session.execute(insert(HashBand.__table__), [{"key": k, "photo_id": photo_id} for k in band_keys(pdq_hex)])
 
 
-def add_bands_ctes(photo_id, user_id, pdq) -> list:
-    """``add_bands`` as two data-modifying CTEs (PostgreSQL) for a statement whose other
-    CTE inserts the photo: ``photo_id`` is that CTE's id column, ``user_id`` and ``pdq``
-    bound parameters, and the statement's ``band_keys`` parameter ``band_keys(pdq)``."""
-    hashes, bands = PhotoHash.__table__, HashBand.__table__
-    keys = bindparam("band_keys", type_=ARRAY(Integer))
-    return [
-        insert(hashes).from_select(["photo_id", "user_id", "pdq"], select(photo_id, user_id, pdq))
-        .returning(hashes.c.photo_id).cte("new_hash"),
-        insert(bands).from_select(["key", "photo_id"], select(func.unnest(keys), photo_id))
-        .returning(bands.c.photo_id).cte("new_bands"),
-    ]
+def add_hash_cte(photo_id, user_id, pdq):
+    """``add_hash`` as a data-modifying CTE (PostgreSQL) for a statement whose other CTE
+    inserts the photo: ``photo_id`` is that CTE's id column, ``user_id`` and ``pdq`` bound
+    parameters."""
+    hashes = PhotoHash.__table__
+    return (insert(hashes).from_select(["photo_id", "user_id", "pdq"], select(photo_id, user_id, pdq))
+            .returning(hashes.c.photo_id).cte("new_hash"))
 
 
-# -- the lookup in the database -------------------------------------------------------------
-
-
-def sql_nearest(session: Session, variants: list[str]) -> Match | None:
-    """``nearest`` answered by the band index in the database alone (the reference)."""
-    best = _sql_closest(session, variants, sorted({k for v in variants for k in band_keys(v)}))
-    if best is None:
-        best = _sql_closest(session, variants[:1], probe_keys(variants[0]))
-    return best
-
-
-def _sql_closest(session: Session, variants: list[str], keys: list[int]) -> Match | None:
-    best: Match | None = None
-    wanted = [int(v, 16) for v in variants]
-    dialect = session.get_bind().dialect.name
-    param = keys if dialect == "postgresql" else json.dumps(keys)
-    for photo_id, user_id, other in session.execute(text(_CANDIDATES[dialect]), {"keys": param}):
-        stored = int(other, 16)
-        d = min((stored ^ w).bit_count() for w in wanted)
-        if d <= INDEX_RADIUS and (best is None or (d, photo_id) < (best.distance, best.photo_id)):
-            best = Match(photo_id, user_id, d)
-    return best
-
-
-# One bound parameter for the whole key list (an array in PostgreSQL, a JSON array in SQLite):
-# hundreds of separate parameters cost more to bind and plan than the lookup itself.
-_CANDIDATES = {
-    "postgresql": "SELECT h.photo_id, h.user_id, h.pdq FROM (SELECT DISTINCT b.photo_id FROM photo_hash_bands b "
-    "WHERE b.key = ANY(:keys)) c JOIN photo_hashes h ON h.photo_id = c.photo_id",
-    "sqlite": "SELECT h.photo_id, h.user_id, h.pdq FROM (SELECT DISTINCT b.photo_id FROM photo_hash_bands b "
-    "WHERE b.key IN (SELECT value FROM json_each(:keys))) c JOIN photo_hashes h ON h.photo_id = c.photo_id",
-}
+def scan(words: np.ndarray, ids: np.ndarray, users: np.ndarray, variants: list[str]) -> Match | None:
+    """``nearest``'s answer by comparing every hash in ``words`` ((N, 4) uint64, with their
+    photo and user ids), no index: the same two steps, each photo's distance the smallest to
+    any variant it shares an exact band with in step one, to the picture's own in step two."""
+    if len(ids) == 0:
+        return None
+    wanted = hashes_to_words(variants)
+    shares = np.zeros(len(ids), dtype=bool)
+    stored_bands = band_values(words)
+    for v in band_values(wanted).T:  # (16,) bands of one variant
+        shares |= (stored_bands == v[:, None]).any(axis=0)
+    d = np.bitwise_count(wanted[:, None, :] ^ words[None, :, :]).sum(axis=2, dtype=np.uint16)  # (variants, N)
+    best = d.min(axis=0)
+    ok = np.flatnonzero(shares & (best <= INDEX_RADIUS))
+    if ok.size == 0:
+        best = d[0]
+        ok = np.flatnonzero(best <= INDEX_RADIUS)
+        if ok.size == 0:
+            return None
+    pick = ok[np.lexsort((ids[ok], best[ok]))[0]]
+    return Match(int(ids[pick]), int(users[pick]), int(best[pick]))
 
 
 # -- the in-memory index ----------------------------------------------------------------------
 
-_NOT_READY = object()
 _INDEXES: weakref.WeakKeyDictionary[Engine, NearIndex] = weakref.WeakKeyDictionary()
-_DEFAULT: weakref.WeakKeyDictionary[Engine, str] = weakref.WeakKeyDictionary()
 _REGISTRY_LOCK = threading.Lock()
-
-
-def configure(engine: Engine, method: str) -> None:
-    """Choose the default lookup of ``nearest`` for one engine: "memory" or "sql"."""
-    if method not in ("memory", "sql"):
-        raise ValueError(f"near-duplicate index must be 'memory' or 'sql', not {method!r}")
-    _DEFAULT[engine] = method
 
 
 def index_for(engine: Engine) -> NearIndex:
@@ -211,11 +179,14 @@ class NearIndex:
     confirmed by primary key before it is returned, and a vanished one is dropped and the
     search repeated.
 
-    A fresh process with more than ``SYNC_LOAD_ROWS`` photos loads in a background thread
-    (its own connection) and ``nearest`` answers from the database until it is ready.
+    A fresh process with up to ``SYNC_LOAD_ROWS`` photos loads in its first lookup's session.
+    With more, a background thread loads on a connection of its own and lookups wait for it,
+    up to ``LOAD_WAIT_SECONDS``; intake's first lookup of each upload is outside the write
+    lock, so that is where they wait.
     """
 
-    SYNC_LOAD_ROWS = 50_000  # about half a second; intake's first lookup is outside the write lock
+    SYNC_LOAD_ROWS = 50_000  # about half a second
+    LOAD_WAIT_SECONDS = 120.0  # ~3-15 s at a million photos here
     LOAD_CHUNK = 100_000
     GAP_SECONDS = 300.0
 
@@ -234,21 +205,17 @@ class NearIndex:
         self.recent: dict[int, list[int]] = {}
         self.gaps: dict[int, float] = {}  # photo id -> when it was first seen missing
         self.ready = False
-        self.loading = False
+        self.loading: threading.Event | None = None  # set when the running background load ends
         self.rebuilding = False
         self.load_seconds: float | None = None
         self.error: BaseException | None = None
 
     # -- public ----------------------------------------------------------------------------
 
-    def nearest(self, session: Session, variants: list[str]):
-        """Like ``dedup.nearest``; returns ``_NOT_READY`` while a background load runs."""
-        with self.lock:
-            if not self.ready:
-                if self.loading:
-                    return _NOT_READY
-                if not self._start_load(session):
-                    return _NOT_READY
+    def nearest(self, session: Session, variants: list[str]) -> Match | None:
+        """``dedup.nearest`` for this index's database."""
+        if not self.ready:
+            self._wait_for_load(session)
         self.catch_up(session)
         while True:
             with self.lock:
@@ -297,24 +264,36 @@ class NearIndex:
 
     # -- loading ---------------------------------------------------------------------------
 
-    def _start_load(self, session: Session) -> bool:
-        """Load synchronously when small; else start a background load. True when ready."""
-        top = session.execute(text("SELECT max(photo_id) FROM photo_hashes")).scalar() or 0
-        if top <= self.SYNC_LOAD_ROWS:
-            self._load(session)
-            return True
-        self.loading = True
-        threading.Thread(target=self._background_load, name="near-index-load", daemon=True).start()
-        return False
+    def _wait_for_load(self, session: Session) -> None:
+        """Load now when small; else start a background load (or join the running one) and
+        wait for it. A failed load raises its error here, and the next lookup tries again."""
+        with self.lock:
+            if self.ready:
+                return
+            done = self.loading
+            if done is None:
+                top = session.execute(text("SELECT max(photo_id) FROM photo_hashes")).scalar() or 0
+                if top <= self.SYNC_LOAD_ROWS:
+                    self._load(session)
+                    return
+                self.error = None
+                self.loading = done = threading.Event()
+                threading.Thread(target=self._background_load, args=(done,), name="near-index-load", daemon=True).start()
+        if not done.wait(self.LOAD_WAIT_SECONDS):
+            raise sa_exc.TimeoutError("the near-duplicate index is still loading: busy, try again shortly")
+        if not self.ready:
+            raise self.error or RuntimeError("the near-duplicate index did not load")
 
-    def _background_load(self) -> None:
+    def _background_load(self, done: threading.Event) -> None:
         try:
             self.warm()
-        except Exception as exc:  # the database answers meanwhile; try again on a later lookup
+        except Exception as exc:  # the waiting lookups raise it; a later lookup tries again
             log.exception("near-duplicate index: loading failed")
             self.error = exc
         finally:
-            self.loading = False
+            with self.lock:
+                self.loading = None
+            done.set()
 
     def _load(self, session: Session) -> None:
         start = time.perf_counter()

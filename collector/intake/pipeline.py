@@ -393,7 +393,7 @@ def _facts(session: Session, user_id: int, sha256: str):
 
 def record_photo(tx: Session, row: dict) -> tuple[int, int]:
     """The writes of an accepted upload, under the lock after ``decide``: the photo row (its
-    burst neighbours flagged), its hash and band rows, the credit. Statements on the tables,
+    burst neighbours flagged), its hash, the credit and the hour. Statements on the tables,
     a handful of round trips. Returns (photo id, the contributor's new count);
     bench/dedup_lookup.py times this at a million photos."""
     if tx.get_bind().dialect.name == "postgresql":
@@ -401,21 +401,20 @@ def record_photo(tx: Session, row: dict) -> tuple[int, int]:
     user_id, captured = row["user_id"], row.get("captured_at")
     row = {**row, "burst": captured is not None and mark_burst(tx, user_id, captured)}
     photo_id = tx.execute(insert(PHOTOS).values(row).returning(PHOTOS.c.id)).scalar_one()
-    dedup.add_bands(tx, photo_id, user_id, row["pdq"])
+    dedup.add_hash(tx, photo_id, user_id, row["pdq"])
     return photo_id, credits.adjust(tx, user_id, +1, row["created_at"], new_upload=True)
 
 
 def _record_photo_in_one_statement(tx: Session, row: dict) -> tuple[int, int]:
-    """``record_photo`` on PostgreSQL: the same six writes as data-modifying CTEs of one
-    statement, one round trip under the lock instead of six. They all run on one snapshot,
+    """``record_photo`` on PostgreSQL: the same five writes as data-modifying CTEs of
+    one statement, one round trip under the lock instead of five. They all run on one snapshot,
     so the burst update does not see the new row, as when it runs first."""
     captured, created = row.get("captured_at"), row["created_at"]
     columns = {**PHOTO_DEFAULTS, **row}
     columns.pop("burst")  # the statement's own: whether the burst update found neighbours
     # Parameter names are not column names: SQLAlchemy would read "created_at" as a value for
     # every table's created_at column it updates.
-    params = {f"new_{k}": v for k, v in columns.items()} | {"band_keys": dedup.band_keys(row["pdq"]),
-                                                           "new_hour": reports.hour_of(created)}
+    params = {f"new_{k}": v for k, v in columns.items()} | {"new_hour": reports.hour_of(created)}
     if captured is not None:
         params["burst_from"], params["burst_to"] = burst_window(captured)
     photo_id, accepted = tx.execute(_one_statement(tuple(sorted(columns)), captured is not None), params).one()
@@ -442,7 +441,7 @@ def _one_statement(columns: tuple[str, ...], burst_check: bool):
     credit = credits.adjust_statement(p["user_id"], +1, p["created_at"], new_upload=True).cte("credit")
     hour = reports.bump_hour_statement("postgresql", bindparam("new_hour", type_=PHOTOS.c.created_at.type), +1)
     return (select(photo.c.id, select(credit.c.accepted_count).scalar_subquery())
-            .add_cte(*ctes, *dedup.add_bands_ctes(photo.c.id, p["user_id"], p["pdq"]), hour.returning(literal(1)).cte("hour")))
+            .add_cte(*ctes, dedup.add_hash_cte(photo.c.id, p["user_id"], p["pdq"]), hour.returning(literal(1)).cte("hour")))
 
 
 BURST_SECONDS = 2

@@ -48,13 +48,6 @@ def _positive_int(value: str) -> int:
     return n
 
 
-def _near_index(value: str) -> str:
-    v = value.strip().lower()
-    if v not in ("memory", "sql"):
-        raise ValueError(f"expected memory or sql, got {value!r}")
-    return v
-
-
 @dataclass(frozen=True)
 class Setting:
     name: str  # without the prefix
@@ -88,7 +81,6 @@ SETTINGS: list[Setting] = [
     Setting("LICENCE_URL", "https://creativecommons.org/licenses/by/4.0/", "Link to the licence text shown at registration."),
     Setting("COOKIE_SECURE", False, "Send session cookies only over HTTPS. Turn on when served behind TLS.", _bool),
     Setting("DB_POOL_SIZE", None, "Pooled database connections per process. Default: gunicorn's `--threads` + 2 (8 + 2 without it), so no request thread ever waits for a connection.", _positive_int),
-    Setting("NEAR_INDEX", "memory", "Where near-duplicates are looked up: `memory` (an in-process copy of the hashes that catches up from the database before each lookup, ~120 MB per process at a million photos) or `sql` (the database's band index alone).", _near_index),
     Setting("UPLOAD_EXPIRY_HOURS", 24, "Hours an unfinished resumable upload is kept after its last byte before `flask uploads clean` (or the next upload) removes it.", _positive_int),
     Setting("MAX_OPEN_UPLOADS", 30, "Unfinished resumable uploads one account may have at once (`too_many_uploads` beyond it).", _positive_int),
     Setting("PLATE_POLICY", "review", "What a photo where no plate was found does to its credit: `review` (keeps it, goes to the review queue), `hold` (the credit waits for an organiser) or `off` (plates are not read).", _plate_policy),
@@ -131,7 +123,6 @@ class Settings:
     LICENCE_URL: str
     COOKIE_SECURE: bool
     DB_POOL_SIZE: int | None
-    NEAR_INDEX: str
     UPLOAD_EXPIRY_HOURS: int
     MAX_OPEN_UPLOADS: int
     PLATE_POLICY: str

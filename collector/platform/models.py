@@ -167,21 +167,6 @@ class ReviewAction(Base):
     organiser: Mapped[User] = relationship()
 
 
-class HashBand(Base):
-    """Multi-index hashing of the PDQ hash: 16 bands of 16 bits, key = band << 16 | value.
-
-    Two hashes within distance 31 share at least one band within one bit (pigeonhole), so a
-    lookup probes 16 x 17 keys through one index instead of scanning every photo.
-    """
-
-    __tablename__ = "photo_hash_bands"
-
-    key: Mapped[int] = mapped_column(Integer, primary_key=True)
-    photo_id: Mapped[int] = mapped_column(ForeignKey("photos.id", ondelete="CASCADE"), primary_key=True)
-
-    __table_args__ = (Index("ix_photo_hash_bands_photo_id", "photo_id"),)
-
-
 class AcceptedHour(Base):
     """Credited photos per hour of upload, kept in the transactions that change them, so the
     dashboard's chart reads 48 rows instead of aggregating every photo."""
@@ -193,9 +178,9 @@ class AcceptedHour(Base):
 
 
 class PhotoHash(Base):
-    """The PDQ hash and owner of each photo in a narrow table of its own: a near-duplicate
-    lookup reads thousands of candidates at a million photos, and fetching them from here
-    touches a few pages where the wide photos table needs one each."""
+    """The PDQ hash and owner of each photo in a narrow table of its own, which every
+    process's near-duplicate index (``dedup.NearIndex``) loads and catches up from by
+    ``photo_id``: a million rows read in a few seconds, where the wide photos table is slower."""
 
     __tablename__ = "photo_hashes"
 
