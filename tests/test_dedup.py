@@ -275,6 +275,27 @@ def test_deleted_photo_is_not_returned(app):
         assert mem.photo_id == ids[0] and mem.distance == 10
 
 
+def test_a_reader_with_an_older_snapshot_does_not_hide_a_new_photo(app):
+    """A SQLite read transaction keeps its first snapshot. When another thread has put a newer
+    photo in the index meanwhile, that reader does not find it, as its snapshot says, and the
+    photo stays in the index for the lookup under the lock (it was once marked gone here, and
+    two workers accepted near copies of one photo)."""
+    db = app.extensions["collector"].db
+    rnd = random.Random(14)
+    uid = user(db, "a@example.com")
+    seed(db, [hx(rnd.getrandbits(256)) for _ in range(5)], uid)
+    new = hx(rnd.getrandbits(256))
+    with db.Session() as old:
+        assert dedup.nearest(old, [new] * 8) is None  # its snapshot starts here
+        (new_id,) = seed(db, [new], uid)  # another worker's upload commits
+        with db.Session() as fresh:  # another thread of this process catches up
+            assert dedup.nearest(fresh, [new] * 8) == dedup.Match(new_id, uid, 0)
+        seen = dedup.nearest(old, [new] * 8)
+        assert seen == (None if db.is_sqlite else dedup.Match(new_id, uid, 0))  # what each snapshot holds
+    with db.write_transaction() as tx:
+        assert dedup.nearest(tx, [new] * 8) == dedup.Match(new_id, uid, 0)
+
+
 def test_late_commit_below_the_last_id_is_found(app):
     """An id committed after a higher one (a writer that bypassed the lock) is read again."""
     db = app.extensions["collector"].db

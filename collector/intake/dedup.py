@@ -217,13 +217,21 @@ class NearIndex:
         if not self.ready:
             self._wait_for_load(session)
         self.catch_up(session)
+        passed_over: list[int] = []
         while True:
             with self.lock:
-                match = self._search(variants)
+                match = self._search(variants, passed_over)
             if match is None or self._still_there(session, match.photo_id):
                 return match
-            with self.lock:
-                self.alive[self._row_of(match.photo_id)] = False
+            if session.info.get("intake_lock"):  # the newest snapshot: the photo is gone
+                with self.lock:
+                    self.alive[self._row_of(match.photo_id)] = False
+            else:
+                # Possibly only not yet there for this session: a SQLite read transaction keeps
+                # the snapshot it started with, and another thread may have added newer rows to
+                # the index meanwhile. Marking them dead here once made a worker accept a near
+                # copy of a photo another worker had just taken (tests/test_dedup.py).
+                passed_over.append(match.photo_id)
 
     def catch_up(self, session: Session) -> int:
         """Read the rows added since the last call (and any open gaps); returns how many.
@@ -403,13 +411,13 @@ class NearIndex:
 
     # -- search ----------------------------------------------------------------------------
 
-    def _search(self, variants: list[str]) -> Match | None:
-        best = self._closest(variants, sorted({k for v in variants for k in band_keys(v)}))
+    def _search(self, variants: list[str], passed_over: list[int]) -> Match | None:
+        best = self._closest(variants, sorted({k for v in variants for k in band_keys(v)}), passed_over)
         if best is None:
-            best = self._closest(variants[:1], probe_keys(variants[0]))
+            best = self._closest(variants[:1], probe_keys(variants[0]), passed_over)
         return best
 
-    def _closest(self, variants: list[str], keys: list[int]) -> Match | None:
+    def _closest(self, variants: list[str], keys: list[int], passed_over: list[int]) -> Match | None:
         rows = self._candidates(keys)
         if rows.size == 0:
             return None
@@ -421,6 +429,8 @@ class NearIndex:
         d = np.bitwise_count(wanted[:, :, None] ^ cand[None, :, :]).sum(axis=1, dtype=np.uint16).min(axis=0)
         ok = np.flatnonzero(d <= INDEX_RADIUS)
         ok = ok[self.alive[rows[ok]]]
+        if passed_over:
+            ok = ok[~np.isin(self.ids[rows[ok]], passed_over)]
         if ok.size == 0:
             return None
         rows, d = rows[ok], d[ok]

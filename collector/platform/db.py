@@ -111,13 +111,15 @@ class Database:
 
         With ``lock``, the commit does not wait for the disk while the lock is held, and the
         block returns only once the commit is durable (``_begin`` and ``_after_locked``); the
-        session's ``info["lock_seconds"]`` then says how long the lock was held.
+        session's ``info["intake_lock"]`` says it holds the lock (so it sees every committed
+        row), and ``info["lock_seconds"]`` then says how long the lock was held.
         """
         self.release()
         with self.engine.connect() as conn:
             with Session(bind=conn, expire_on_commit=False) as session:
                 try:
                     locked_at = self._begin(conn, lock)
+                    session.info["intake_lock"] = locked_at is not None  # it reads the newest rows
                     yield session
                     session.commit()
                     conn.commit()
