@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import hmac
 from dataclasses import dataclass
 
 from itsdangerous import BadSignature, URLSafeSerializer
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from collector.organisers import reports
@@ -51,9 +52,18 @@ def adjust(session: Session, user_id: int, delta: int, photo_created_at: dt.date
     the photo's acceptance hour, whenever the change happens. ``new_upload`` (intake) also
     records when the contributor last added a photo.
     """
-    count = session.execute(adjust_statement(user_id, delta, photo_created_at, new_upload)).scalar_one()
+    params = {"adjust_uid": user_id} | ({"adjust_at": photo_created_at} if new_upload else {})
+    count = session.execute(_adjust_prepared(delta, new_upload), params).scalar_one()
     reports.bump_hour(session, photo_created_at, delta)
     return count
+
+
+@functools.lru_cache(maxsize=8)
+def _adjust_prepared(delta: int, new_upload: bool):
+    """``adjust_statement`` built once with bound parameters: building a statement and its
+    cache key costs more CPU than SQLite takes to run it, under intake's lock."""
+    return adjust_statement(bindparam("adjust_uid", type_=USERS.c.id.type), delta,
+                            bindparam("adjust_at", type_=USERS.c.last_upload_at.type), new_upload)
 
 
 def adjust_statement(user_id, delta: int, photo_created_at, new_upload: bool):

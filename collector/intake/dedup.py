@@ -90,7 +90,10 @@ def add_hash(session: Session, photo_id: int, user_id: int, pdq_hex: str) -> Non
     """Store a new photo's hash for the lookups (in the caller's transaction, which must hold
     the intake write lock: ``NearIndex`` relies on photo ids becoming visible in increasing
     order)."""
-    session.execute(insert(PhotoHash.__table__), [{"photo_id": photo_id, "user_id": user_id, "pdq": pdq_hex}])
+    session.execute(_INSERT_HASH, {"photo_id": photo_id, "user_id": user_id, "pdq": pdq_hex})
+
+
+_INSERT_HASH = insert(PhotoHash.__table__)
 
 
 def add_hash_cte(photo_id, user_id, pdq):
@@ -249,7 +252,8 @@ class NearIndex:
         sql = f"SELECT photo_id, user_id, pdq FROM photo_hashes WHERE photo_id > {last}"
         if gaps:
             sql += " OR photo_id IN (" + ", ".join(str(int(i)) for i in gaps) + ")"
-        rows = session.execute(text(sql + " ORDER BY photo_id")).all()
+        # Sent as it is (no parameters to bind): a new text() a lookup would cost a compilation.
+        rows = session.connection().exec_driver_sql(sql + " ORDER BY photo_id").all()
         if rows:
             with self.lock:
                 self._append(rows)

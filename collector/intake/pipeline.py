@@ -400,7 +400,7 @@ def record_photo(tx: Session, row: dict) -> tuple[int, int]:
         return _record_photo_in_one_statement(tx, row)
     user_id, captured = row["user_id"], row.get("captured_at")
     row = {**row, "burst": captured is not None and mark_burst(tx, user_id, captured)}
-    photo_id = tx.execute(insert(PHOTOS).values(row).returning(PHOTOS.c.id)).scalar_one()
+    photo_id = tx.execute(_INSERT_PHOTO, row).scalar_one()
     dedup.add_hash(tx, photo_id, user_id, row["pdq"])
     return photo_id, credits.adjust(tx, user_id, +1, row["created_at"], new_upload=True)
 
@@ -449,7 +449,8 @@ BURST_SECONDS = 2
 
 def mark_burst(session, user_id: int, captured_at: dt.datetime) -> bool:
     """Flag the contributor's photos taken within BURST_SECONDS of this one; True if any."""
-    return bool(session.execute(burst_statement(user_id, *burst_window(captured_at))).rowcount)
+    taken_from, taken_to = burst_window(captured_at)
+    return bool(session.execute(_MARK_BURST, {"burst_uid": user_id, "burst_from": taken_from, "burst_to": taken_to}).rowcount)
 
 
 def burst_window(captured_at: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
@@ -459,6 +460,13 @@ def burst_window(captured_at: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
 
 def burst_statement(user_id, taken_from, taken_to):
     return update(PHOTOS).where(PHOTOS.c.user_id == user_id, PHOTOS.c.captured_at.between(taken_from, taken_to)).values(burst=True)
+
+
+# Built once, executed with parameters: building a statement costs more CPU than SQLite
+# takes to run it, under the lock (the columns of an INSERT come from the parameters' keys).
+_INSERT_PHOTO = insert(PHOTOS).returning(PHOTOS.c.id)
+_MARK_BURST = burst_statement(bindparam("burst_uid", type_=PHOTOS.c.user_id.type),
+                              bindparam("burst_from", type_=PHOTOS.c.captured_at.type), bindparam("burst_to", type_=PHOTOS.c.captured_at.type))
 
 
 def describe_photo(photo: Photo) -> dict:

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import functools
 import io
 from dataclasses import dataclass
 
-from sqlalchemy import case, func, or_, select
+from sqlalchemy import bindparam, case, func, or_, select
 
 from collector.platform.models import AcceptedHour, Photo, UploadRejection, User, utcnow
 
@@ -148,7 +149,13 @@ def hour_of(when: dt.datetime) -> dt.datetime:
 
 def bump_hour(session, when: dt.datetime, delta: int) -> None:
     """Add ``delta`` to the credited photos of ``when``'s hour, in the caller's transaction."""
-    session.execute(bump_hour_statement(session.get_bind().dialect.name, hour_of(when), delta))
+    session.execute(_bump_hour_prepared(session.get_bind().dialect.name, delta), {"bump_hour": hour_of(when)})
+
+
+@functools.lru_cache(maxsize=8)
+def _bump_hour_prepared(dialect: str, delta: int):
+    """``bump_hour_statement`` built once per dialect and delta, the hour a bound parameter."""
+    return bump_hour_statement(dialect, bindparam("bump_hour", type_=AcceptedHour.__table__.c.hour.type), delta)
 
 
 def bump_hour_statement(dialect: str, hour, delta: int):
