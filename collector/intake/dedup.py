@@ -24,7 +24,7 @@ import logging
 import threading
 import time
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from sqlalchemy import exc as sa_exc
@@ -162,6 +162,15 @@ def band_values(words: np.ndarray) -> np.ndarray:
     return out
 
 
+@dataclass
+class _Load:
+    """One background load of a ``NearIndex``: done when it ends, with its error if it failed
+    (each waiting lookup raises its own load's error, not a later attempt's)."""
+
+    done: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
+
+
 class NearIndex:
     """An in-memory copy of ``photo_hashes`` with a multi-index over its 16 bands.
 
@@ -208,10 +217,9 @@ class NearIndex:
         self.recent: dict[int, list[int]] = {}
         self.gaps: dict[int, float] = {}  # photo id -> when it was first seen missing
         self.ready = False
-        self.loading: threading.Event | None = None  # set when the running background load ends
+        self.loading: _Load | None = None  # the running background load
         self.rebuilding = False
         self.load_seconds: float | None = None
-        self.error: BaseException | None = None
 
     # -- public ----------------------------------------------------------------------------
 
@@ -282,30 +290,29 @@ class NearIndex:
         with self.lock:
             if self.ready:
                 return
-            done = self.loading
-            if done is None:
+            load = self.loading
+            if load is None:
                 top = session.execute(text("SELECT max(photo_id) FROM photo_hashes")).scalar() or 0
                 if top <= self.SYNC_LOAD_ROWS:
                     self._load(session)
                     return
-                self.error = None
-                self.loading = done = threading.Event()
-                threading.Thread(target=self._background_load, args=(done,), name="near-index-load", daemon=True).start()
-        if not done.wait(self.LOAD_WAIT_SECONDS):
+                self.loading = load = _Load()
+                threading.Thread(target=self._background_load, args=(load,), name="near-index-load", daemon=True).start()
+        if not load.done.wait(self.LOAD_WAIT_SECONDS):
             raise sa_exc.TimeoutError("the near-duplicate index is still loading: busy, try again shortly")
         if not self.ready:
-            raise self.error or RuntimeError("the near-duplicate index did not load")
+            raise load.error or RuntimeError("the near-duplicate index did not load")
 
-    def _background_load(self, done: threading.Event) -> None:
+    def _background_load(self, load: _Load) -> None:
         try:
             self.warm()
-        except Exception as exc:  # the waiting lookups raise it; a later lookup tries again
+        except Exception as exc:  # the lookups waiting for this load raise it; a later one tries again
             log.exception("near-duplicate index: loading failed")
-            self.error = exc
+            load.error = exc
         finally:
             with self.lock:
                 self.loading = None
-            done.set()
+            load.done.set()
 
     def _load(self, session: Session) -> None:
         start = time.perf_counter()
