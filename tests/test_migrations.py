@@ -5,19 +5,17 @@ from __future__ import annotations
 import io
 
 from alembic import command
-from alembic.config import Config
 from sqlalchemy import inspect, text
 
 from collector import create_app
-from collector.platform.db import MIGRATIONS, Database, head_revision
+from collector.platform.db import Database, _alembic_config, head_revision
 
 from . import photos
 
 
 def _at_revision(db: Database, revision: str | None):
     """An open connection to ``db`` with its schema at ``revision`` (None: no tables at all)."""
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg = _alembic_config()
     conn = db.engine.connect()
     if db.is_sqlite:
         conn.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")
@@ -101,8 +99,7 @@ def test_downgrade_below_0011_rebuilds_the_band_rows(settings, database_url):
         with svc.db.engine.connect() as conn:
             hashes = conn.execute(text("SELECT photo_id, pdq FROM photo_hashes ORDER BY photo_id")).all()
         assert len(hashes) == 2
-        cfg = Config()
-        cfg.set_main_option("script_location", str(MIGRATIONS))
+        cfg = _alembic_config()
         with svc.db.engine.connect() as conn, conn.begin():
             cfg.attributes["connection"] = conn
             command.downgrade(cfg, "0010_plates")
